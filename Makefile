@@ -1,0 +1,57 @@
+# picoclaw-fleet: `make demo` runs a throwaway local fleet end to end; `make test` runs the tests.
+# Both bootstrap what they need on a fresh machine: a venv in .venv, and OpenSSH's
+# server (apt-get) when sshd is missing. The tests start their own sshd on 127.0.0.1.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test sshd venv
+test: venv sshd
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+sshd:
+	@test -x /usr/sbin/sshd || { \
+	  echo "installing openssh-server (the tests run a real sshd on 127.0.0.1)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
+
+# --- the fleet verbs: `make status`, `make dispatch TASK="uptime?"`, `make batch FILE=tasks.json`
+# Optional everywhere: CONFIG=path HOSTS=pi-1,@lab ARGS="--json --parallel 8".
+# TASK, FILE, HOSTS and CONFIG reach fab verbatim (quotes and $ included).
+FAB        := $(VENV)/bin/fab
+LINT_STAMP := $(VENV)/.lint-installed
+quote       = '$(subst ','\'',$(value $(1)))'
+FLEET       = $(if $(value CONFIG),--config $(call quote,CONFIG)) $(if $(value HOSTS),--hosts $(call quote,HOSTS))
+
+.PHONY: status deploy dispatch batch teardown demo bench lint
+status deploy teardown: venv
+	$(FAB) $@ $(FLEET) $(ARGS)
+
+dispatch: venv
+	$(if $(value TASK),,$(error usage: make dispatch TASK="what to do" [HOSTS=...]))
+	$(FAB) dispatch $(FLEET) --task $(call quote,TASK) $(ARGS)
+
+batch: venv
+	$(if $(value FILE),,$(error usage: make batch FILE=tasks.json [HOSTS=...]))
+	$(FAB) batch $(FLEET) --file $(call quote,FILE) $(ARGS)
+
+# A throwaway fleet on 127.0.0.1 (sshd, three users, a stand-in picoclaw), removed afterwards.
+demo: venv sshd
+	$(PY) demo/run_demo.py
+
+bench: venv sshd
+	$(PY) bench/run.py
+
+lint: $(LINT_STAMP)
+	$(PY) -m pyflakes fabfile tests tasks.py $(wildcard demo bench)
+$(LINT_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[lint]'
+	touch $(LINT_STAMP)

@@ -1,0 +1,91 @@
+"""Per-host results and how they are shown: a table or blocks for people, JSON for agents.
+
+Every verb returns a `FleetReport` of `HostReport`s. ``status`` is ``ok`` or
+the name of what went wrong; what the verb learned or did (stdout, version,
+``binary: installed``...) lives in ``details`` and is flattened into the
+host's JSON object.
+"""
+
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+OK = "ok"
+
+
+@dataclass
+class HostReport:
+    """What one verb did on one host."""
+
+    name: str
+    address: str
+    status: str
+    duration_s: float
+    message: str = ""
+    details: dict = field(default_factory=dict)
+
+    @property
+    def ok(self):
+        """True when the host did what was asked."""
+        return self.status == OK
+
+    def to_dict(self):
+        """The host's JSON object: fixed fields first, then the verb's details."""
+        data = {
+            "name": self.name,
+            "address": self.address,
+            "status": self.status,
+            "duration_s": round(self.duration_s, 3),
+        }
+        if self.message:
+            data["message"] = self.message
+        data.update(self.details)
+        return data
+
+
+@dataclass
+class FleetReport:
+    """A verb's result over the selected hosts, in config order."""
+
+    verb: str
+    hosts: list
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def summary(self):
+        """``{status: count}`` over the hosts."""
+        return dict(Counter(h.status for h in self.hosts))
+
+    @property
+    def exit_code(self):
+        """0 when every host is ok (and there was at least one), else 1."""
+        return 0 if self.hosts and all(h.ok for h in self.hosts) else 1
+
+    def to_json(self):
+        """The one JSON object ``--json`` prints: verb, hosts, summary (+ verb extras)."""
+        data = {"verb": self.verb, "hosts": [h.to_dict() for h in self.hosts], "summary": self.summary}
+        data.update(self.extra)
+        return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def render_table(rows, headers):
+    """Left-aligned columns with a header line; `rows` are lists of cell text."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def summary_line(report):
+    """``3 hosts: 2 ok, 1 unreachable`` for the foot of human output."""
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.summary.items()))
+    plural = "host" if len(report.hosts) == 1 else "hosts"
+    return f"{len(report.hosts)} {plural}: {counts or 'none selected'}"
+
+
+def emit(text, stream=None):
+    """Print `text` to stdout (or `stream`), flushing so agents reading a pipe see it."""
+    stream = stream or sys.stdout
+    stream.write(text if text.endswith("\n") else text + "\n")
+    stream.flush()

@@ -1,0 +1,77 @@
+"""Shared pytest fixtures: the SSH testbed, fault helpers and the loopback guard.
+
+Kept generic on purpose; verb-specific fixtures belong next to their tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import testbed as tb
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_guard():
+    """Refuse non-loopback connects in the pytest process for the whole run,
+    so a product bug cannot send traffic off-box."""
+    tb.install_loopback_guard()
+
+
+@pytest.fixture
+def guarded_env() -> dict:
+    """os.environ copy whose Python subprocesses (e.g. the CLI) load the guard."""
+    return tb.guarded_env()
+
+
+@pytest.fixture(scope="session")
+def testbed():
+    """One real sshd with command recording, shared by the session."""
+    bed = tb.Testbed(record_commands=True)
+    try:
+        yield bed.start()
+    finally:
+        bed.stop()
+
+
+@pytest.fixture(scope="session")
+def sim_hosts(testbed) -> list[tb.SimHost]:
+    """Four healthy sim hosts (h00..h03).  Shared: tests that change a host's
+    state should create their own with testbed.add_hosts()."""
+    return testbed.add_hosts(4)
+
+
+@pytest.fixture
+def fleet_config(testbed, sim_hosts, tmp_path):
+    """Factory: fleet_config(hosts=None, extra_hosts=(), **defaults) -> Path of
+    a config file in tmp_path.  known_hosts is a fresh empty file per test so
+    accept-new state never leaks between tests."""
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.touch()
+    written = []
+
+    def make(hosts=None, extra_hosts=(), **defaults):
+        defaults.setdefault("known_hosts", str(known_hosts))
+        path = tmp_path / ("fleet.json" if not written else f"fleet-{len(written)}.json")
+        written.append(path)
+        return testbed.write_config(path, sim_hosts if hosts is None else hosts, extra_hosts, **defaults)
+
+    return make
+
+
+@pytest.fixture
+def silent_listener():
+    """A 127.0.0.1 port that accepts TCP and never sends an SSH banner."""
+    with tb.SilentListener() as listener:
+        yield listener
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A 127.0.0.1 port where connecting is refused."""
+    return tb.closed_port()
+
+
+@pytest.fixture(scope="session")
+def standin_path(tmp_path_factory):
+    """A locally runnable stand-in picoclaw (version 0.1.0)."""
+    return tb.build_standin(tmp_path_factory.mktemp("standin") / "picoclaw")
