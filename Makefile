@@ -23,8 +23,9 @@ sshd:
 	  echo "installing openssh-server (the tests run a real sshd on 127.0.0.1)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
 
-# --- the fleet verbs: `make status`, `make dispatch TASK="uptime?"`, `make batch FILE=tasks.json`
-# Optional everywhere: CONFIG=path HOSTS=pi-1,@lab ARGS="--json --parallel 8".
+# --- the fleet verbs: `make status`, `make dispatch TASK="uptime?"`, `make batch FILE=tasks.txt`
+# Optional everywhere: CONFIG=path HOSTS=pi-1,@lab ARGS="--json --parallel 8";
+# dispatch also takes HOST=pi-2 (one host) where HOSTS broadcasts.
 # TASK, FILE, HOSTS and CONFIG reach fab verbatim (quotes and $ included).
 FAB        := $(VENV)/bin/fab
 LINT_STAMP := $(VENV)/.lint-installed
@@ -37,18 +38,24 @@ status deploy teardown: venv
 
 dispatch: venv
 	$(if $(value TASK),,$(error usage: make dispatch TASK="what to do" [HOSTS=...]))
-	$(FAB) dispatch $(FLEET) --task $(call quote,TASK) $(ARGS)
+	$(FAB) dispatch $(FLEET) $(if $(value HOST),--host $(call quote,HOST)) --task $(call quote,TASK) $(ARGS)
 
 batch: venv
-	$(if $(value FILE),,$(error usage: make batch FILE=tasks.json [HOSTS=...]))
-	$(FAB) batch $(FLEET) --file $(call quote,FILE) $(ARGS)
+	$(if $(value FILE),,$(error usage: make batch FILE=tasks.txt [HOSTS=...]))
+	$(FAB) batch $(FLEET) --tasks-file $(call quote,FILE) $(ARGS)
 
 # A throwaway fleet on 127.0.0.1 (sshd, three users, a stand-in picoclaw), removed afterwards.
 demo: venv sshd
 	$(PY) demo/run_demo.py
 
-bench: venv sshd
-	$(PY) bench/run.py
+# The benchmarks (see README, Performance). parallel-ssh, a baseline they compare with, goes
+# into a directory of its own that only bench/run.py puts on its path: never a dependency of ours.
+BENCH_EXTRAS := $(VENV)/bench-extras
+bench: venv sshd $(BENCH_EXTRAS)/.installed
+	$(PY) bench/run.py $(BENCH_ARGS)
+$(BENCH_EXTRAS)/.installed: bench/requirements.txt $(STAMP)
+	$(PY) -m pip install -q --upgrade --target $(BENCH_EXTRAS) -r bench/requirements.txt
+	touch $@
 
 lint: $(LINT_STAMP)
 	$(PY) -m pyflakes fabfile tests tasks.py $(wildcard demo bench)

@@ -11,7 +11,7 @@ imported inside the tasks so that ``fab --list`` stays fast.
 import sys
 from contextlib import contextmanager
 
-from invoke import Exit, task
+from invoke import Exit, Task, task
 
 COMMON_HELP = {
     "config": "Fleet config file (default: $PICOCLAW_FLEET_CONFIG or ~/.openclaw/workspace/config/picoclaw-fleet.json)",
@@ -60,7 +60,37 @@ def warn_if_insecure(fleet):
         warn("host_key_policy is 'off': host keys are not checked (insecure)")
 
 
-@task(help=COMMON_HELP)
+class ShortFlagTask(Task):
+    """A task whose short flags are named (``short_flags={"task": "t"}``), not guessed.
+
+    Invoke would give every option the first free letter of its name, so
+    ``--host`` would take ``-h``, which people type for help.
+    """
+
+    def __init__(self, *args, short_flags=None, **kwargs):
+        self.short_flags = short_flags or {}
+        super().__init__(*args, auto_shortflags=False, **kwargs)
+
+    def arg_opts(self, name, default, taken_names):
+        """Invoke's option spec, plus this option's named short flag."""
+        opts = super().arg_opts(name, default, taken_names)
+        if name in self.short_flags:
+            opts["names"].append(self.short_flags[name])
+        return opts
+
+
+def parallel_option(value):
+    """``--parallel`` as a positive int (None when not given); `UsageError` otherwise."""
+    from .errors import UsageError
+
+    if value is None:
+        return None
+    if not str(value).isdigit() or int(value) < 1:
+        raise UsageError(f"--parallel {value!r}: expected a whole number of hosts, 1 or more")
+    return int(value)
+
+
+@task(klass=ShortFlagTask, help=COMMON_HELP)
 def status(c, hosts=None, config=None, parallel=None, json=False):
     """Report each host: reachable, arch, PicoClaw version, load, .env, latency."""
     with usage_errors():
@@ -68,12 +98,13 @@ def status(c, hosts=None, config=None, parallel=None, json=False):
         from .facts import fleet_status, render_status
 
         warn_if_insecure(fleet)
-        report = fleet_status(fleet, entries, parallel and int(parallel), c.config)
+        report = fleet_status(fleet, entries, parallel_option(parallel), c.config)
     finish(report, json, render_status)
 
 
 @task(
     iterable=["host"],
+    klass=ShortFlagTask,
     help={
         "config": COMMON_HELP["config"],
         "force": "Replace an existing config (with the template, or with only the hosts given)",
@@ -92,18 +123,8 @@ def init(c, config=None, force=False, from_ssh_config=False, host=None):
         emit(init_fleet_config(config, force, host or (), ssh_source, warn))
 
 
-def parallel_option(value):
-    """``--parallel`` as a positive int (None when not given); `UsageError` otherwise."""
-    from .errors import UsageError
-
-    if value is None:
-        return None
-    if not str(value).isdigit() or int(value) < 1:
-        raise UsageError(f"--parallel {value!r}: expected a whole number of hosts, 1 or more")
-    return int(value)
-
-
 @task(
+    klass=ShortFlagTask,
     help={
         **COMMON_HELP,
         "version": "Install this release tag (e.g. v0.2.0) instead of the latest release",
@@ -115,7 +136,7 @@ def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, 
     """Install PicoClaw (binary, ~/.picoclaw/.env with the API key, onboard) on the hosts."""
     with usage_errors():
         fleet, entries = load_fleet(config, hosts)
-        from .deploy import deploy_fleet, render_deploy
+        from .deployment import deploy_fleet, render_deploy
 
         warn_if_insecure(fleet)
         report = deploy_fleet(fleet, entries, version, from_file, force, parallel_option(parallel), c.config)
@@ -123,6 +144,7 @@ def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, 
 
 
 @task(
+    klass=ShortFlagTask,
     help={
         **COMMON_HELP,
         "purge": "Also remove ~/.picoclaw entirely (config, workspace, sessions)",
@@ -133,9 +155,87 @@ def teardown(c, hosts=None, config=None, parallel=None, json=False, purge=False,
     """Remove PicoClaw (~/.local/bin/picoclaw and ~/.picoclaw/.env) from the hosts."""
     with usage_errors():
         fleet, entries = load_fleet(config, hosts)
-        from .teardown import confirm_teardown, render_teardown, teardown_fleet
+        from .removal import confirm_teardown, render_teardown, teardown_fleet
 
         warn_if_insecure(fleet)
         confirm_teardown(fleet, entries, hosts, yes)
         report = teardown_fleet(fleet, entries, purge, parallel_option(parallel), c.config)
     finish(report, json, render_teardown)
+
+
+@task(
+    klass=ShortFlagTask,
+    short_flags={"task": "t"},
+    help={
+        "task": "The task text for PicoClaw (sent byte for byte; at most 128 KiB)",
+        "host": "Run on this one host (name or user@host[:port]) instead of the least loaded one",
+        "all": "Broadcast: run the task on every host of the config, in parallel",
+        "hosts": "Broadcast to these hosts: names, globs (pi-*), @tag or user@host[:port], comma-separated",
+        "timeout": "Stop the task after this many seconds (default: the config's defaults.timeout)",
+        "fold": "Show hosts with identical output as one block (default); --no-fold gives each host its own",
+        "deploy": "Deploy PicoClaw to the chosen host if it lacks it (default); --no-deploy refuses instead",
+        "ephemeral": "Deploy where needed, run, then remove the binary and .env again",
+        "config": COMMON_HELP["config"],
+        "parallel": COMMON_HELP["parallel"],
+        "json": COMMON_HELP["json"],
+    },
+)
+def dispatch(c, task=None, host=None, all=False, hosts=None, timeout=None, fold=True, deploy=True,
+             ephemeral=False, config=None, parallel=None, json=False):
+    """Run one PicoClaw task on the least loaded host, a named one, or (--all/--hosts) on many."""
+    with usage_errors():
+        from .config import load_for_targets
+        from .dispatcher import dispatch as dispatch_task, dispatch_targets
+
+        fleet = load_for_targets(config, host or hosts)
+        targets = dispatch_targets(fleet, host, hosts, all)
+        warn_if_insecure(fleet)
+        report = dispatch_task(fleet, targets, task, timeout, deploy, ephemeral, parallel_option(parallel),
+                               c.config, warn)
+    from .output import render_blocks, show_inline
+
+    if json or targets.mode == "broadcast":
+        return finish(report, json, lambda r: render_blocks(r, fold))
+    show_inline(report)
+    if report.exit_code:
+        raise Exit(code=report.exit_code)
+
+
+@task(
+    klass=ShortFlagTask,
+    short_flags={"task": "t"},
+    iterable=["task"],
+    help={
+        "task": "A task for PicoClaw; repeat --task for several (instead of --tasks-file)",
+        "tasks-file": 'One task a line, or JSON Lines {"id", "task", "host", "timeout"}; - reads stdin',
+        "hosts": COMMON_HELP["hosts"],
+        "timeout": "Stop a task after this many seconds (default: the config's defaults.timeout; a JSON line's own wins)",
+        "retries": "Run a task that ended failed or timeout again, up to this many times, elsewhere when possible",
+        "retry-lost": "Also run again a task whose host dropped while it ran (it may have had effects)",
+        "json": "Print one JSON object at the end instead of human output",
+        "jsonl": "Stream one JSON line per task on stdout as each finishes (finish order)",
+        "config": COMMON_HELP["config"],
+        "parallel": "At most this many hosts connecting at once (default: the config's defaults.parallel)",
+    },
+)
+def batch(c, task=None, tasks_file=None, hosts=None, timeout=None, retries=None, retry_lost=False, json=False,
+          jsonl=False, config=None, parallel=None):
+    """Run a queue of PicoClaw tasks over the hosts' free slots (max_tasks each); one result per task."""
+    with usage_errors():
+        from .batch_output import ProgressPrinter, render_batch, summary_text
+        from .batch_queue import batch_settings, run_batch
+        from .batch_tasks import read_tasks
+        from .errors import UsageError
+
+        if json and jsonl:
+            raise UsageError("give --json or --jsonl, not both")
+        fleet, entries = load_fleet(config, hosts)
+        tasks = read_tasks(tasks_file, task)
+        settings = batch_settings(fleet, timeout, retries, retry_lost, parallel_option(parallel))
+        warn_if_insecure(fleet)
+        report = run_batch(fleet, entries, tasks, settings, c.config, ProgressPrinter(jsonl))
+    if not jsonl:
+        return finish(report, json, render_batch)
+    warn(summary_text(report))
+    if report.exit_code:
+        raise Exit(code=report.exit_code)

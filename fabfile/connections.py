@@ -200,6 +200,8 @@ def classify_failure(exc, connect_timeout):
         # timeout or, when the handshake wait expires first, "No existing session".
         if any(sign in text for sign in ("banner", "No existing session", "Negotiation failed")):
             return "unreachable", f"no SSH handshake within {connect_timeout:g}s (is it an SSH server?)"
+        if "No authentication methods available" in text:
+            return "auth-failed", "no SSH key to offer: set ssh_key, use ~/.ssh/config or an agent, or pass fab -i KEY"
         return "unreachable", f"SSH error: {text}"
     return "failed", f"{type(exc).__name__}: {exc}"
 

@@ -1,0 +1,202 @@
+"""Running one PicoClaw task on an open connection, and what its result means.
+
+Dispatch (one task, many hosts) and batch (many tasks) share this: the remote
+command, the run under a deadline, and the mapping of what came back to a
+status (``ok``, ``failed``, ``timeout``, ``not-installed``, ``lost``).
+
+Why the task text travels on the channel's stdin and not in the command line:
+sshd hands the command to the login shell as ONE argv element (``sh -c CMD``),
+so the whole quoted command is capped by Linux's MAX_ARG_STRLEN (128 KiB), and
+shell quoting turns every ``'`` into five bytes -- 100 KB of quotes would not
+fit. On stdin the text needs no quoting at all, so it arrives byte for byte
+whatever it holds. The remote prologue reads it into a variable and runs
+``picoclaw agent -m "$task"`` with stdin from /dev/null, so PicoClaw itself
+never sees an open stdin. The only limit left is the one on PicoClaw's own
+argument, which `task_bytes` enforces before anything connects.
+"""
+
+import codecs
+import io
+import shlex
+import time
+from dataclasses import dataclass
+
+from fabric.runners import Remote
+from invoke.exceptions import CommandTimedOut
+
+from .errors import UsageError
+from .facts import BINARY_PATH, ENV_FILE
+from .report import HostReport
+
+#: Linux's MAX_ARG_STRLEN (32 pages) counts the terminating NUL of the argument.
+MAX_TASK_BYTES = 128 * 1024 - 1
+#: The remote ``timeout`` sends TERM at the deadline and KILL this much later.
+KILL_AFTER_S = 5
+#: The local side gives up this long after the remote KILL: only a host that
+#: stopped answering altogether gets that far.
+LOCAL_GRACE_S = 5
+#: Exit code and stderr marker of the prologue when the binary is missing. 127
+#: is what a shell says for "command not found"; the marker tells it apart
+#: from a PicoClaw that happens to exit 127 itself.
+NOT_INSTALLED_EXIT = 127
+NOT_INSTALLED_MARKER = "picoclaw-fleet: not-installed"
+#: coreutils ``timeout``: TERM worked (124) or KILL was needed (128 + 9).
+TIMEOUT_EXIT, KILLED_EXIT = 124, 137
+
+
+def task_bytes(text):
+    """The task as UTF-8 bytes, or `UsageError` for text PicoClaw could never receive.
+
+    Checked before connecting so that a too-long or malformed task costs no
+    host anything: an argument cannot hold a NUL byte, and one argument may
+    not exceed MAX_ARG_STRLEN on Linux.
+    """
+    if not text:
+        raise UsageError("the task is empty: give the text with --task/-t")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("the task text is not valid UTF-8") from None
+    if b"\0" in data:
+        raise UsageError("the task text contains a NUL byte, which no command-line argument can carry")
+    if len(data) > MAX_TASK_BYTES:
+        raise UsageError(
+            f"the task is {len(data)} bytes; Linux limits one argument to {MAX_TASK_BYTES} bytes (128 KiB)"
+        )
+    return data
+
+
+def agent_command(timeout_s):
+    """The shell line that reads the task from stdin and runs PicoClaw on it.
+
+    Missing binary: exit `NOT_INSTALLED_EXIT` with the marker on stderr. The
+    ``.env`` is sourced with ``set -a`` so its keys reach PicoClaw's
+    environment without ever being on a command line. ``timeout -k`` kills
+    PicoClaw's whole process group on the host even if our connection is gone;
+    ``timeout`` puts it in a group of its own for exactly that.
+    """
+    seconds = shlex.quote(f"{float(timeout_s):g}")
+    binary = f'"$HOME"/{shlex.quote(BINARY_PATH)}'
+    env_file = f'"$HOME"/{shlex.quote(ENV_FILE)}'
+    run = '"$bin" agent -m "$task" </dev/null'
+    return "; ".join(
+        [
+            "task=$(cat; printf x)",
+            "task=${task%x}",
+            f"bin={binary}",
+            f'if [ ! -x "$bin" ]; then echo "{NOT_INSTALLED_MARKER}: no executable $bin" >&2; '
+            f"exit {NOT_INSTALLED_EXIT}; fi",
+            f"if [ -f {env_file} ]; then set -a; . {env_file}; set +a; fi",
+            f"if command -v timeout >/dev/null 2>&1; then exec timeout -k {KILL_AFTER_S} {seconds} {run}; fi",
+            f"exec {run}",
+        ]
+    )
+
+
+class TaskRunner(Remote):
+    """Fabric's remote runner, adjusted for a task's bytes going in and coming out.
+
+    Invoke decodes output one 1000-byte read at a time, which mangles any
+    multibyte character split across two reads; a task's answer is text that
+    must come back intact, so output goes through one incremental decoder per
+    stream. Stdin is the task: written whole, then EOF, and a channel that is
+    already gone is left for the result to report rather than raised from a
+    thread.
+    """
+
+    def read_proc_output(self, reader):
+        """Decode the stream as one UTF-8 text, whatever the read boundaries."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for data in iter(lambda: reader(self.read_chunk_size), b""):
+            yield decoder.decode(data)
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+    def handle_stdin(self, input_, output, echo=False):
+        """Send all of `input_` (bytes), then EOF, so the remote ``cat`` ends."""
+        try:
+            self._write_proc_stdin(input_.read())
+            self.close_proc_stdin()
+        except (OSError, EOFError):
+            pass  # the connection dropped: the exit status (none) says so
+
+
+@dataclass
+class AgentResult:
+    """What one ``picoclaw agent`` run gave back, and its status."""
+
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    status: str
+    message: str
+    duration_s: float
+
+    def details(self):
+        """The fields ``--json`` carries for the run (besides status and duration)."""
+        return {"stdout": self.stdout, "stderr": self.stderr, "exit_code": self.exit_code}
+
+
+def run_agent(cxn, task, timeout_s):
+    """Run one task on `cxn` (opened if need be) and return its `AgentResult`.
+
+    `task` is the bytes from `task_bytes`. The host stops PicoClaw at
+    `timeout_s`; if the host itself stops answering, the channel is closed
+    locally a little after its own KILL would have landed. Either way the
+    output printed so far is kept. Connection errors before the task starts
+    are raised, for `connections.fan_out` to name.
+    """
+    cxn.open()
+    started = time.monotonic()
+    runner = TaskRunner(context=cxn, inline_env=True)
+    deadline = timeout_s + KILL_AFTER_S + LOCAL_GRACE_S
+    locally_timed_out = False
+    try:
+        result = runner.run(
+            agent_command(timeout_s), hide=True, warn=True, in_stream=io.BytesIO(task), timeout=deadline
+        )
+    except CommandTimedOut as exc:
+        result, locally_timed_out = exc.result, True
+    duration = time.monotonic() - started
+    exit_code = None if result.exited in (None, -1) else result.exited
+    gone = connection_dropped(cxn, runner.channel)
+    status, message = agent_status(exit_code, result.stderr, duration, timeout_s, locally_timed_out, gone)
+    stderr = "" if status == "not-installed" else result.stderr  # our prologue's marker, not PicoClaw's
+    return AgentResult(result.stdout, stderr, exit_code, status, message, duration)
+
+
+def connection_dropped(cxn, channel):
+    """True when the channel ended because the connection died, not the command.
+
+    A command that ends, even by a signal, makes sshd send EOF before it
+    closes the channel; a connection that drops sends nothing, and paramiko
+    marks its transport inactive right after closing the channels.
+    """
+    transport = cxn.client.get_transport()
+    return not channel.eof_received or transport is None or not transport.is_active()
+
+
+def agent_status(exit_code, stderr, duration_s, timeout_s, locally_timed_out=False, dropped=False):
+    """(status, message) for a finished run; `exit_code` None means no exit status came back."""
+    if locally_timed_out:
+        return "timeout", f"no answer within {timeout_s:g}s (the host did not stop it either; connection closed)"
+    if exit_code is None:
+        if dropped:
+            return "lost", "the connection dropped while the task was running"
+        return "failed", "PicoClaw ended without an exit status (killed by a signal?)"
+    if exit_code == TIMEOUT_EXIT or (exit_code == KILLED_EXIT and duration_s >= timeout_s):
+        return "timeout", f"stopped after {timeout_s:g}s (--timeout)"
+    if exit_code == NOT_INSTALLED_EXIT and NOT_INSTALLED_MARKER in stderr:
+        return "not-installed", f"PicoClaw is not installed at ~/{BINARY_PATH}"
+    if exit_code:
+        return "failed", f"PicoClaw exited with status {exit_code}"
+    return "ok", ""
+
+
+def agent_report(entry, result, duration_s=None, **details):
+    """The `HostReport` for a host that ran a task: its output goes in the details."""
+    duration = result.duration_s if duration_s is None else duration_s
+    return HostReport(
+        entry.name, entry.address, result.status, duration, result.message, {**result.details(), **details}
+    )

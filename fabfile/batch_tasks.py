@@ -1,0 +1,145 @@
+"""The tasks of a ``fab batch``: read from a file, stdin or ``--task``, all checked up front.
+
+A tasks file is plain text, one task a line, or JSON Lines, one
+``{"id", "task", "host", "timeout"}`` object a line; blank lines and ``#``
+comments are skipped in both. Everything is checked before any host is
+contacted: a malformed line is a `UsageError` naming its line number, so a
+typo on line 180 cannot leave 179 tasks run and the rest not.
+"""
+
+import json
+import sys
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+#: Keys a JSON Lines task may have; anything else is a typo worth stopping for.
+TASK_KEYS = ("id", "task", "host", "timeout")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of the batch: its id, its text and where it may run.
+
+    `data` is the text as the checked UTF-8 bytes PicoClaw receives;
+    `position` is its place in the input (results are shown in that order);
+    `where` names that place for messages (``tasks.jsonl line 7``).
+    """
+
+    id: object
+    data: bytes
+    position: int
+    where: str
+    host: str | None = None
+    timeout: float | None = None
+
+
+def read_tasks(tasks_file=None, task_texts=(), stdin=None):
+    """The tasks of ``--tasks-file`` (``-`` for stdin) or of the repeated ``--task``, in input order."""
+    if tasks_file and task_texts:
+        raise UsageError("give the tasks with --tasks-file or with --task, not both")
+    if tasks_file:
+        label = "stdin" if tasks_file == "-" else tasks_file
+        tasks = parse_task_lines(read_lines(tasks_file, label, stdin), label)
+        if not tasks:
+            raise UsageError(f"{label} holds no tasks (only blank lines and # comments)")
+        return tasks
+    if task_texts:
+        return [plain_task(text, n, n - 1, f"--task #{n}") for n, text in enumerate(task_texts, 1)]
+    raise UsageError("no tasks: give --tasks-file FILE (- reads stdin) or --task TEXT (repeatable)")
+
+
+def read_lines(tasks_file, label, stdin=None):
+    """The file's lines as text (``\\r\\n`` endings allowed); bad UTF-8 names its line."""
+    if tasks_file == "-":
+        data = (stdin or sys.stdin).buffer.read()
+    else:
+        try:
+            with open(tasks_file, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read tasks file {tasks_file}: {exc.strerror or exc}") from None
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            lines.append(raw.removesuffix(b"\r").decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UsageError(f"{label} line {number}: not valid UTF-8") from None
+    return lines
+
+
+def parse_task_lines(lines, label):
+    """Tasks from a file's lines: plain text, one task a line, or JSON Lines.
+
+    The first task line decides: ``{`` starts JSON Lines, and then every task
+    line must be a JSON object. Blank lines and ``#`` comments are skipped in
+    both. A plain line's id is its line number, so ``line 17`` in a report
+    is line 17 of the file.
+    """
+    tasks, first_seen = [], {}
+    json_lines = None
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if json_lines is None:
+            json_lines = text.startswith("{")
+        where = f"{label} line {number}"
+        position = len(tasks)
+        task = json_task(line, number, position, where) if json_lines else plain_task(text, number, position, where)
+        key = str(task.id)
+        if key in first_seen:
+            raise UsageError(f"{where}: id {task.id!r} is already used by {first_seen[key]}; ids must be unique")
+        first_seen[key] = where
+        tasks.append(task)
+    return tasks
+
+
+def plain_task(text, task_id, position, where):
+    """A task given as bare text (a plain line, or one ``--task``)."""
+    return Task(task_id, checked_bytes(text, where), position, where)
+
+
+def json_task(line, number, position, where):
+    """A task from one JSON Lines line: ``{"id", "task", "host", "timeout"}``."""
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: invalid JSON at column {exc.colno}: {exc.msg}") from None
+    if not isinstance(item, dict):
+        raise UsageError(f'{where}: expected a JSON object such as {{"id": "a", "task": "..."}}')
+    unknown = sorted(set(item) - set(TASK_KEYS))
+    if unknown:
+        raise UsageError(f"{where}: unknown key {unknown[0]!r} (a task line may have {', '.join(TASK_KEYS)})")
+    text = item.get("task")
+    if not isinstance(text, str) or not text:
+        raise UsageError(f'{where}: "task" must be a non-empty string')
+    task_id = item.get("id", number)
+    if isinstance(task_id, bool) or not isinstance(task_id, (str, int)) or task_id == "":
+        raise UsageError(f'{where}: "id" must be a non-empty string or an integer')
+    host = item.get("host")
+    if host is not None and (not isinstance(host, str) or not host):
+        raise UsageError(f'{where}: "host" must be a host name')
+    timeout = item.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")):
+        raise UsageError(f'{where}: "timeout" must be a number of seconds above 0')
+    return Task(task_id, checked_bytes(text, where), position, where, host, timeout)
+
+
+def checked_bytes(text, where):
+    """`agent_command.task_bytes` (empty, NUL, too long...), its error naming the line."""
+    from .agent_command import task_bytes
+
+    try:
+        return task_bytes(text)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+def check_pins(tasks, entries):
+    """`UsageError` for a task pinned to a host the run does not include."""
+    names = [entry.name for entry in entries]
+    for task in tasks:
+        if task.host is not None and task.host not in names:
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise UsageError(f"{task.where}: host {task.host!r} is not one of the selected hosts ({shown})")
