@@ -50,6 +50,7 @@ USERDEL = "/usr/sbin/userdel"
 
 TESTS_DIR = Path(__file__).resolve().parent
 STANDIN_SOURCE = TESTS_DIR / "picoclaw_standin.py"
+NATIVE_STANDIN_SOURCE = TESTS_DIR / "picoclaw_standin.sh"
 LOOPBACK_GUARD_DIR = TESTS_DIR / "loopback_guard"
 
 USER_PREFIX = "pcf"
@@ -214,7 +215,15 @@ def install_loopback_guard() -> None:
 # stand-in PicoClaw
 # --------------------------------------------------------------------------
 
-def _standin_source(version: str, mode: str | None, pad_bytes: int) -> str:
+def _standin_source(version: str, mode: str | None, pad_bytes: int, native: bool = False) -> str:
+    """The stand-in's text: the Python one (every directive), or with `native`
+    the sh one that starts as fast as the real Go binary (benchmarks; no mode)."""
+    if native:
+        if mode is not None:
+            raise ValueError("the native-speed stand-in has no baked-in mode")
+        source = NATIVE_STANDIN_SOURCE.read_text(encoding="utf-8")
+        source = re.sub(r'^VERSION=.*$', f'VERSION="{version}"', source, count=1, flags=re.M)
+        return source + _padding(pad_bytes)  # after its final `exit`: never read by the shell
     source = STANDIN_SOURCE.read_text(encoding="utf-8")
     source = re.sub(r'^VERSION = .*$', f"VERSION = {version!r}", source, count=1, flags=re.M)
     source = re.sub(r'^DEFAULT_MODE = .*$', f"DEFAULT_MODE = {mode!r}", source, count=1, flags=re.M)
@@ -232,13 +241,15 @@ def _padding(pad_bytes: int) -> str:
     return "".join(lines)
 
 
-def build_standin(dest: Path, version: str = "0.1.0", pad_bytes: int = 0, mode: str | None = None) -> Path:
+def build_standin(dest: Path, version: str = "0.1.0", pad_bytes: int = 0, mode: str | None = None,
+                  native: bool = False) -> Path:
     """Write an executable stand-in picoclaw at dest.  pad_bytes grows it
     (benchmarks upload a 15 MB 'binary'); mode bakes a default directive in,
-    like PICOCLAW_STANDIN_MODE but immune to the product rewriting ~/.picoclaw/.env."""
+    like PICOCLAW_STANDIN_MODE but immune to the product rewriting ~/.picoclaw/.env;
+    native picks the sh stand-in (see _standin_source)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _write_file(dest, _standin_source(version, mode, pad_bytes), 0o755)
+    _write_file(dest, _standin_source(version, mode, pad_bytes, native), 0o755)
     return dest
 
 
@@ -249,14 +260,14 @@ def _tar_member(name: str, data: bytes, mode: int) -> tuple[tarfile.TarInfo, io.
     return info, io.BytesIO(data)
 
 
-def standin_archive(version: str = "0.1.0", arch_name: str = "Linux_x86_64") -> bytes:
+def standin_archive(version: str = "0.1.0", arch_name: str = "Linux_x86_64", native: bool = False) -> bytes:
     """A goreleaser-style release archive (picoclaw_<arch_name>.tar.gz contents:
     binary, README.md, LICENSE at top level).  Byte-for-byte deterministic so
     checksum tests can precompute digests."""
     files = [
         ("README.md", f"# PicoClaw {version} ({arch_name})\n\nStand-in build for tests.\n".encode(), 0o644),
         ("LICENSE", b"MIT License (stand-in)\n", 0o644),
-        ("picoclaw", _standin_source(version, None, 0).encode(), 0o755),
+        ("picoclaw", _standin_source(version, None, 0, native).encode(), 0o755),
     ]
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
@@ -622,12 +633,13 @@ class Testbed:
         _write_file(fakebin / "nproc", NPROC_SHIM.format(ncpu=int(ncpu)), 0o755, owner)
         _write_file(host.home / ".ssh" / "environment", f"PATH={fakebin}:{DEFAULT_PATH}\n", 0o600, owner)
 
-    def install_standin(self, host: SimHost, version: str = "0.1.0", mode: str | None = None) -> Path:
+    def install_standin(self, host: SimHost, version: str = "0.1.0", mode: str | None = None,
+                        native: bool = False) -> Path:
         """Put the stand-in at ~/.local/bin/picoclaw, owned by the user.  mode is
         a directive (e.g. '::fail::') applied to every task on this host."""
         owner = self._owner(host)
         bindir = _make_dir(_make_dir(host.home / ".local", 0o755, owner) / "bin", 0o755, owner)
-        path = build_standin(bindir / "picoclaw", version=version, mode=mode)
+        path = build_standin(bindir / "picoclaw", version=version, mode=mode, native=native)
         os.chown(path, *owner)
         return path
 

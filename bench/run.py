@@ -1,0 +1,147 @@
+"""``make bench``: measure picoclaw-fleet against the bare tools on a throwaway local fleet.
+
+    python bench/run.py                # the full suite: 64/32/256 hosts, 5 repetitions
+    python bench/run.py --quick        # a smoke run: 4 hosts, 1 repetition, small files
+    python bench/run.py --only 1,5     # some figures only
+
+Starts a real sshd on 127.0.0.1 with one Unix user per simulated host (the
+test suite's `Testbed`; needs root), measures the six figures, prints the
+table and writes ``bench/results.json``. Everything it created is removed at
+the end, also after an error or Ctrl-C. Exit status: 0 when every figure was
+measured (goals met or not: the numbers are the output), 1 when a figure
+could not be measured.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if __name__ == "__main__" and sys.path[0] == str(ROOT / "bench"):
+    sys.path[0] = str(ROOT)  # run as a script: import bench.* and tests.* as packages, not bench/'s modules
+
+from bench.figures import FIGURES, Bench  # noqa: E402
+from bench.fleet import API_KEY_ENV, DUMMY_KEY, BenchFleet  # noqa: E402
+from bench.results import Row, render, write_json  # noqa: E402
+from tests import testbed as tb  # noqa: E402
+
+#: Where ``make bench`` installs bench-only packages (parallel-ssh): never the product's venv itself.
+EXTRAS = ROOT / ".venv" / "bench-extras"
+
+
+def parse_options(argv=None):
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=64, help="hosts for figures 1-3 (default 64)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per figure, median reported (default 5)")
+    parser.add_argument("--parallel", type=int, default=0,
+                        help="concurrency for figures 1-3 (default: one per host, like ThreadingGroup)")
+    parser.add_argument("--batch-hosts", type=int, default=32, help="hosts for figure 4 (default 32)")
+    parser.add_argument("--batch-tasks", type=int, default=256, help="tasks for figure 4 (default 256)")
+    parser.add_argument("--rss-hosts", type=int, default=256, help="hosts for figure 6 (default 256)")
+    parser.add_argument("--big-mb", type=float, default=15, help="size of the first-deploy binary, MB (default 15)")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated figures to run (default all)")
+    parser.add_argument("--standin", choices=("native", "python"), default="native",
+                        help="stand-in PicoClaw on the hosts: 'native' (sh; starts as fast as the real Go binary, "
+                             "default) or 'python' (the tests' one; ~15 ms of host CPU per start)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="where to write JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: --hosts 4 --reps 1 --batch-hosts 4 --batch-tasks 16 --rss-hosts 8 --big-mb 1")
+    options = parser.parse_args(argv)
+    if options.quick:
+        options.hosts, options.reps, options.batch_hosts = 4, 1, 4
+        options.batch_tasks, options.rss_hosts, options.big_mb = 16, 8, 1
+    options.only = [f.strip() for f in options.only.split(",") if f.strip()]
+    for name in ("hosts", "reps", "batch_hosts", "batch_tasks", "rss_hosts"):
+        if getattr(options, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be 1 or more")
+    return options
+
+
+def use_bench_extras():
+    """Make the bench-only packages importable; True when parallel-ssh is there."""
+    if EXTRAS.is_dir() and str(EXTRAS) not in sys.path:
+        sys.path.append(str(EXTRAS))  # after the venv's own packages: they win any overlap
+    import importlib
+
+    try:
+        importlib.import_module("pssh.clients")  # its C extensions must load, not just the package be there
+    except ImportError:
+        return False
+    return True
+
+
+def child_env(workdir):
+    """Environment for the CLI children: loopback guard, the dummy key, a private download cache."""
+    env = tb.guarded_env()
+    env[API_KEY_ENV] = DUMMY_KEY
+    env["XDG_CACHE_HOME"] = str(workdir / "cache")
+    env["PICOCLAW_FLEET_CONFIG"] = str(workdir / "no-such-config.json")  # never the user's own fleet
+    return env
+
+
+def run_figures(bench, figures):
+    """Each figure's rows; a figure that raises becomes one error row, and the others still run."""
+    rows = []
+    for figure in figures:
+        started = time.monotonic()
+        print(f"bench: figure {figure} ...", file=sys.stderr, flush=True)
+        try:
+            rows += FIGURES[figure](bench)
+        except Exception as exc:
+            traceback.print_exc()
+            rows.append(Row(figure, f"figure {figure}", error=f"{type(exc).__name__}: {exc}"))
+        print(f"bench: figure {figure} took {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv=None):
+    options = parse_options(argv)
+    unknown = [f for f in options.only if f not in FIGURES]
+    if unknown:
+        sys.exit(f"bench: unknown figure(s) {', '.join(unknown)}: choose from {', '.join(FIGURES)}")
+    tb.install_loopback_guard()  # this process talks to 127.0.0.1 only, whatever a bug says
+    have_pssh = use_bench_extras()
+    size = max([options.hosts] + [options.batch_hosts] * ("4" in options.only) + [options.rss_hosts] * ("6" in options.only))
+    started, load_at_start = time.time(), os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="pcf-bench-") as tmp:
+        workdir = Path(tmp)
+        env = child_env(workdir)
+        os.environ.update({k: env[k] for k in (API_KEY_ENV, "XDG_CACHE_HOME", "PICOCLAW_FLEET_CONFIG")})
+        fleet = BenchFleet(size, workdir, native=options.standin == "native")
+        try:
+            print(f"bench: creating {size} sim hosts on a private sshd ...", file=sys.stderr, flush=True)
+            fleet.start()
+            print(f"bench: testbed up in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+            rows = run_figures(Bench(fleet, options, workdir, env, have_pssh), options.only)
+        finally:
+            fleet.stop()
+    info = run_info(options, argv, started, have_pssh)
+    info["machine"]["load1_at_start"] = load_at_start
+    info["testbed"] = {"user_prefix": fleet.testbed.user_prefix, "workdir": str(fleet.testbed.workdir),
+                       "scratch": str(workdir), "hosts": size}
+    print(render(rows))
+    write_json(options.out, rows, info)
+    print(f"\nwritten to {options.out} ({time.time() - started:.0f} s)")
+    return 1 if any(row.error for row in rows) else 0
+
+
+def run_info(options, argv, started, have_pssh):
+    """How this run was made, for results.json."""
+    import platform
+
+    return {
+        "command": " ".join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load1_at_end": os.getloadavg()[0]},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
+        "parallel_ssh": have_pssh,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
