@@ -23,6 +23,18 @@ def guarded_env() -> dict:
     return tb.guarded_env()
 
 
+@pytest.fixture
+def home_env(tmp_path, guarded_env) -> dict:
+    """`guarded_env` with a private HOME and no agent, fleet-config override or
+    outer make: a CLI run under it never touches the user's own files."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(guarded_env, HOME=str(home))
+    for name in ("SSH_AUTH_SOCK", "PICOCLAW_FLEET_CONFIG", "MAKEFLAGS", "MAKELEVEL"):
+        env.pop(name, None)
+    return env
+
+
 @pytest.fixture(scope="session")
 def testbed():
     """One real sshd with command recording, shared by the session."""

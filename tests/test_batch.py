@@ -22,15 +22,13 @@ from tests.batch_support import (
     FAB, REPO, RUN_LIMIT_S, agent_processes, batch, batch_json, interrupt, jsonl_file, no_task_left_running,
     running_tasks, set_max_tasks, start_batch, wait_until,
 )
+from tests.testbed import drain_terminal
 
 
 @pytest.fixture(scope="module")
 def workers(testbed):
     """Three hosts with the stand-in, which no test changes."""
-    hosts = testbed.add_hosts(3, prefix="bq")
-    for host in hosts:
-        testbed.install_standin(host)
-    return hosts
+    return testbed.add_workers(3, prefix="bq")
 
 
 @pytest.fixture
@@ -38,10 +36,7 @@ def fresh(testbed):
     """Factory: `n` new hosts of this test's own, with the stand-in (optionally in a fixed `mode`)."""
 
     def make(n=1, mode=None):
-        hosts = testbed.add_hosts(n, prefix="bx")
-        for host in hosts:
-            testbed.install_standin(host, mode=mode)
-        return hosts
+        return testbed.add_workers(n, prefix="bx", mode=mode)
 
     return make
 
@@ -296,15 +291,7 @@ def test_progress_line_on_a_terminal_only(workers, fleet_config, guarded_env):
         proc = subprocess.run(args, cwd=REPO, env=guarded_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=follower, timeout=RUN_LIMIT_S)
         os.close(follower)
-        terminal = b""
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # EIO: the terminal's other end is closed and drained
-                break
-            if not chunk:
-                break
-            terminal += chunk
+        terminal = drain_terminal(leader)
     finally:
         os.close(leader)
     assert proc.returncode == 0

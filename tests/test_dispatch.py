@@ -73,10 +73,7 @@ def install_script(testbed, host, script):
 @pytest.fixture(scope="module")
 def workers(testbed):
     """Three hosts with the stand-in that no test changes."""
-    hosts = testbed.add_hosts(3, prefix="dw")
-    for host in hosts:
-        testbed.install_standin(host)
-    return hosts
+    return testbed.add_workers(3, prefix="dw")
 
 
 @pytest.fixture
@@ -84,10 +81,7 @@ def fresh(testbed):
     """Factory: `n` new hosts of this test's own (stand-in installed unless told otherwise)."""
 
     def make(n=1, standin=True):
-        hosts = testbed.add_hosts(n, prefix="dx")
-        for host in hosts if standin else ():
-            testbed.install_standin(host)
-        return hosts
+        return testbed.add_workers(n, prefix="dx") if standin else testbed.add_hosts(n, prefix="dx")
 
     return make
 

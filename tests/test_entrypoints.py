@@ -61,14 +61,9 @@ def ep_hosts(testbed):
 
 
 @pytest.fixture
-def cli_env(tmp_path, guarded_env):
-    """Private HOME and cache, a dummy API key, no agent: the user's own files stay untouched."""
-    home = tmp_path / "home"
-    home.mkdir()
-    env = dict(guarded_env, HOME=str(home), XDG_CACHE_HOME=str(tmp_path / "cache"), ANTHROPIC_API_KEY=API_KEY)
-    for name in ("SSH_AUTH_SOCK", "PICOCLAW_FLEET_CONFIG", "MAKEFLAGS", "MAKELEVEL"):
-        env.pop(name, None)
-    return env
+def cli_env(tmp_path, home_env):
+    """`home_env` plus a private download cache and a dummy API key."""
+    return dict(home_env, XDG_CACHE_HOME=str(tmp_path / "cache"), ANTHROPIC_API_KEY=API_KEY)
 
 
 @pytest.fixture

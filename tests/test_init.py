@@ -26,17 +26,6 @@ def init_hosts(testbed):
     return testbed.add_hosts(2, prefix="in")
 
 
-@pytest.fixture
-def home_env(tmp_path, guarded_env):
-    """The CLI's environment with a private HOME and no agent or fleet-config override."""
-    home = tmp_path / "home"
-    home.mkdir()
-    env = dict(guarded_env, HOME=str(home))
-    for name in ("SSH_AUTH_SOCK", "PICOCLAW_FLEET_CONFIG"):
-        env.pop(name, None)
-    return env
-
-
 def fab(args, env):
     return subprocess.run([FAB, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
 

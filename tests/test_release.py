@@ -32,7 +32,7 @@ from fabfile.release import (
     resolve_release,
 )
 from tests.release_server import ReleaseServer
-from tests.testbed import standin_archive
+from tests.testbed import drain_terminal, standin_archive
 
 REPO = "sipeed/picoclaw"
 GORELEASER = ["picoclaw_Linux_x86_64.tar.gz", "picoclaw_Linux_arm64.tar.gz", "picoclaw_Linux_riscv64.tar.gz",
@@ -353,16 +353,7 @@ def test_progress_is_shown_on_a_terminal_only(server, cache):
             progress.advance(1_000_000)
             progress.advance(1_000_000)
             progress.finish()
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the terminal's other end is closed and drained
-                break
-            if not chunk:
-                break
-            shown += chunk
-        shown = shown.decode()
+        shown = drain_terminal(master).decode()
     finally:
         os.close(master)
     assert "downloading picoclaw_Linux_arm64.tar.gz:  50%" in shown and "done (2.0 MB)" in shown

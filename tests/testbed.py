@@ -191,6 +191,21 @@ def _delete_users(names) -> None:
         _run_shadow_tool([USERDEL, "-f", "-r", name], check=False)
 
 
+
+def drain_terminal(fd: int) -> bytes:
+    """Everything a pseudo-terminal's controller side can still read: Linux
+    reports EIO (not EOF) once the other end is closed and drained."""
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
 def guarded_env(base: dict | None = None) -> dict:
     """Copy of the environment whose Python subprocesses load the loopback
     guard (tests/loopback_guard/sitecustomize.py) at start-up."""
@@ -566,6 +581,14 @@ class Testbed:
         """n fresh users authorized for client_key; names continue a counter
         so they stay unique across calls."""
         return [self._add_host(_public_key(self.client_key), prefix=prefix) for _ in range(n)]
+
+    def add_workers(self, n: int, prefix: str = "w", mode: str | None = None) -> list[SimHost]:
+        """n fresh hosts that already have the stand-in picoclaw (optionally
+        with a baked-in directive `mode`), as a previous deploy would leave them."""
+        hosts = self.add_hosts(n, prefix=prefix)
+        for host in hosts:
+            self.install_standin(host, mode=mode)
+        return hosts
 
     def add_unauthorized_host(self, name: str = "noauth") -> SimHost:
         """A user whose authorized_keys holds only other_key: client_key fails."""
