@@ -221,12 +221,20 @@ class TaskQueue:
         return len(self.transports)
 
     def host_ready(self, host, facts):
-        """`host` is connected and has PicoClaw: its slots join the run; returns them."""
+        """`host` is connected and has PicoClaw: its slots join the run, idle; returns them.
+
+        The slots are idle from this moment, not from when their threads
+        first ask for work: otherwise the last host to answer its probe
+        could release the hold before its own slots were counted, and a
+        small batch would go to busier hosts.
+        """
         with self.lock:
             host.state, host.load1, host.ncpu = READY, facts.load1, facts.ncpu
             host.slots = max(1, host.entry.max_tasks)
             new = [Slot(host, threading.Condition(self.lock)) for _ in range(host.slots)]
             self.slots.extend(new)
+            self.idle.extend(new)
+            self._assign()
             return new
 
     def drop_host(self, host, status, message):
@@ -258,7 +266,8 @@ class TaskQueue:
         """Wait for the slot's next task; None when the run is over for it."""
         with self.lock:
             if slot.job is None and self._open_for(slot):
-                self.idle.append(slot)
+                if slot not in self.idle:
+                    self.idle.append(slot)
                 self._assign()
             while slot.job is None and self._open_for(slot):
                 slot.wake.wait()
@@ -399,6 +408,7 @@ class TaskQueue:
         if host.state == DROPPED:
             return
         host.state, host.status, host.message, host.ended = DROPPED, status, message, time.monotonic()
+        self.idle = [slot for slot in self.idle if slot.host is not host]
         for slot in self.slots:
             if slot.host is host:
                 if slot.job is not None:  # handed over but not yet picked up: it never started

@@ -63,7 +63,7 @@ def confirm_teardown(fleet, entries, spec, yes, stdin=None, stderr=None):
     stdin, stderr = stdin or sys.stdin, stderr or sys.stderr
     if yes or not targets_every_host(fleet, entries, spec):
         return
-    count = f"all {len(entries)} host{'s' if len(entries) != 1 else ''}"
+    count = f"all {len(entries)} hosts" if len(entries) != 1 else "the only host"
     if not stdin.isatty():
         raise UsageError(f"teardown would remove PicoClaw from {count} in {fleet.path}: pass --yes to confirm, or --hosts to pick some")
     stderr.write(f"Remove PicoClaw from {count} in {fleet.path}? [y/N] ")
