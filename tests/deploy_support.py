@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from fabfile.config import Defaults, HostEntry
 from fabfile.connections import HostKeyStore, build_connection, fabric_config
 from tests import testbed as tb
+from tests.testbed import FAB, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-FAB = str(Path(sys.executable).with_name("fab"))
 RELEASE_REPO = "sipeed/picoclaw"
 API_KEY = "sk-test-SECRET-4f9c2a7e1b"  # a recognisable fake key, searched for wherever it must not be
 

@@ -7,17 +7,14 @@ check the user-facing contract: one line on stderr, exit 2, nothing on stdout
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fabfile import config as fleet_config_module
 from fabfile.config import TEMPLATE, config_path, load_config, select_hosts
 from fabfile.errors import UsageError
+from tests.testbed import FAB, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-FAB = str(Path(sys.executable).with_name("fab"))
 
 
 def write_json(path, data):

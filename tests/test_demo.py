@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.testbed import REPO
+
 DEMO = REPO / "demo" / "run_demo.py"
 TIMEOUT = 900
 

@@ -34,8 +34,8 @@ from invoke import ParseError
 
 from tests import testbed as tb
 from tests.release_server import ReleaseServer
+from tests.testbed import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOCS = ("SKILL.md", "README.md")
 PROGRAMS = {"fab", "invoke", "inv", "picoclaw-fleet", "make"}

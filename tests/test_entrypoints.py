@@ -17,8 +17,8 @@ import pytest
 
 from tests import testbed as tb
 from tests.release_server import ReleaseServer
+from tests.testbed import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FAB, INVOKE, CONSOLE = str(BIN / "fab"), str(BIN / "invoke"), str(BIN / "picoclaw-fleet")
 VERBS = {"init", "status", "deploy", "dispatch", "batch", "teardown"}

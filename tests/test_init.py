@@ -10,15 +10,13 @@ the testbed sshd.
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fabfile.config import TEMPLATE, load_config
+from tests.testbed import FAB, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-FAB = str(Path(sys.executable).with_name("fab"))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ key policies, ~/.ssh/config and gateway, the concurrency bound, and the
 
 import json
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -18,10 +17,8 @@ from fabfile.config import load_config
 from fabfile.connections import BoundedThreadingGroup, fan_out
 from fabfile.facts import PROBE_COMMAND, fleet_status, parse_probe, parse_version
 from fabfile.report import HostReport
-from tests.testbed import RotatingKeySshd
+from tests.testbed import FAB, REPO, RotatingKeySshd
 
-REPO = Path(__file__).resolve().parents[1]
-FAB = str(Path(sys.executable).with_name("fab"))
 
 
 def fab(args, env, **kwargs):

@@ -49,6 +49,9 @@ USERADD = "/usr/sbin/useradd"
 USERDEL = "/usr/sbin/userdel"
 
 TESTS_DIR = Path(__file__).resolve().parent
+#: The repository, and the `fab` of the venv running the tests: the CLI under test.
+REPO = TESTS_DIR.parent
+FAB = str(Path(sys.executable).with_name("fab"))
 STANDIN_SOURCE = TESTS_DIR / "picoclaw_standin.py"
 NATIVE_STANDIN_SOURCE = TESTS_DIR / "picoclaw_standin.sh"
 LOOPBACK_GUARD_DIR = TESTS_DIR / "loopback_guard"
