@@ -206,6 +206,12 @@ def classify_failure(exc, connect_timeout):
     return "failed", f"{type(exc).__name__}: {exc}"
 
 
+def failure_report(entry, exc, started, connect_timeout):
+    """The `HostReport` of a host whose work raised `exc` (a failure named by `classify_failure`)."""
+    status, message = classify_failure(exc, connect_timeout)
+    return HostReport(entry.name, entry.address, status, time.monotonic() - started, message)
+
+
 def fan_out(entries, work, defaults, parallel=None, base_config=None, config_hosts=()):
     """Run ``work(connection, entry) -> HostReport`` on every host, in parallel.
 
@@ -224,8 +230,7 @@ def fan_out(entries, work, defaults, parallel=None, base_config=None, config_hos
         try:
             return work(cxn, entry)
         except Exception as exc:  # a host's failure is its report, never the run's crash
-            status, message = classify_failure(exc, defaults.connect_timeout)
-            return HostReport(entry.name, entry.address, status, time.monotonic() - started, message)
+            return failure_report(entry, exc, started, defaults.connect_timeout)
         finally:
             close_quietly(cxn)
 

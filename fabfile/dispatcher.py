@@ -186,8 +186,9 @@ def choose_worker(candidates, probes):
 
 def load_per_cpu(probe):
     """A probe report's 1-minute load divided by CPU count, or None."""
-    load, ncpu = probe.details.get("load1"), probe.details.get("ncpu")
-    return None if load is None or not ncpu else load / ncpu
+    from .facts import load_per_cpu as per_cpu
+
+    return per_cpu(probe.details.get("load1"), probe.details.get("ncpu"))
 
 
 def load_rank(probe, position):
@@ -265,14 +266,13 @@ class Worker:
         connection status rather than raised: the task's own result, which
         may already be in, must not be lost to a failed clean-up.
         """
-        from .connections import classify_failure
+        from .connections import failure_report
 
         started = time.monotonic()
         try:
             report = action()
         except Exception as exc:  # the host's failure is the step's status, never the run's crash
-            status, message = classify_failure(exc, self.connect_timeout)
-            report = HostReport(entry.name, entry.address, status, time.monotonic() - started, message)
+            report = failure_report(entry, exc, started, self.connect_timeout)
         steps.append({"step": name, "status": report.status, "duration_s": round(report.duration_s, 3),
                       **({"message": report.message} if report.message else {})})
         self.notify(f"{entry.name}: {name}: {report.status}" + (f" ({report.message})" if report.message else ""))
@@ -319,7 +319,7 @@ class Deployer:
             return self._plan
 
     def deploy(self, cxn, entry):
-        """`deploy.deploy_host` on an open connection: a `HostReport`."""
+        """`deployment.deploy_host` on an open connection: a `HostReport`."""
         from .deployment import deploy_host
 
         started = time.monotonic()
@@ -330,7 +330,7 @@ class Deployer:
         return deploy_host(cxn, entry, plan)
 
     def teardown(self, cxn, entry):
-        """`teardown.teardown_host` removing the binary and ``.env`` (not the whole ~/.picoclaw)."""
+        """`removal.teardown_host` removing the binary and ``.env`` (not the whole ~/.picoclaw)."""
         from .removal import teardown_host
 
         return teardown_host(cxn, entry, purge=False)

@@ -68,9 +68,12 @@ class HostFacts:
     @property
     def load_per_cpu(self):
         """1-minute load divided by CPU count, or None when either is unknown."""
-        if self.load1 is None or not self.ncpu:
-            return None
-        return self.load1 / self.ncpu
+        return load_per_cpu(self.load1, self.ncpu)
+
+
+def load_per_cpu(load1, ncpu):
+    """What "least loaded" compares: `load1` / `ncpu`, or None when either is unknown."""
+    return None if load1 is None or not ncpu else load1 / ncpu
 
 
 def normalize_arch(machine):
