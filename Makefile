@@ -1,6 +1,7 @@
 # picoclaw-fleet: `make demo` runs a throwaway local fleet end to end; `make test` runs the tests.
 # Both bootstrap what they need on a fresh machine: a venv in .venv, and OpenSSH's
-# server (apt-get) when sshd is missing. The tests start their own sshd on 127.0.0.1.
+# server and iproute2 (apt-get) when missing. The tests start their own sshd on 127.0.0.1,
+# inside a network namespace that has nothing but loopback (tests/in_loopback_netns).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test sshd venv
 test: venv sshd
-	$(PY) -m pytest $(PYTEST_ARGS)
+	tests/in_loopback_netns $(PY) -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -19,9 +20,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 sshd:
-	@test -x /usr/sbin/sshd || { \
-	  echo "installing openssh-server (the tests run a real sshd on 127.0.0.1)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
+	@test -x /usr/sbin/sshd && command -v ip >/dev/null || { \
+	  echo "installing openssh-server and iproute2 (the tests run a real sshd on 127.0.0.1, in a loopback-only network namespace)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2 >/dev/null; }
 
 # --- the fleet verbs: `make status`, `make dispatch TASK="uptime?"`, `make batch FILE=tasks.txt`
 # Optional everywhere: CONFIG=path HOSTS=pi-1,@lab ARGS="--json --parallel 8";

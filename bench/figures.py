@@ -79,7 +79,7 @@ def figure_dispatch(bench):
 
     def ours():
         data = expect_all_ok(verbs.dispatch_all(config, text), len(hosts), "dispatch")
-        if any(h["stdout"] != text + "\n" for h in data["hosts"]):
+        if any(h["answer"] != text for h in data["hosts"]):
             raise verbs.VerbFailed("dispatch: a host answered something other than the task text")
 
     sides = {

@@ -94,7 +94,7 @@ def build_world(bed, server, workdir):
     """Hosts, release, private HOME, ~/.ssh/config, environment: the fleet a sysadmin would have."""
     hosts = bed.add_hosts(len(HOSTS), prefix="pi")
     server.publish(
-        "EricGrill/picoclaw",
+        "sipeed/picoclaw",
         f"v{STANDIN_VERSION}",
         {f"picoclaw_{arch}.tar.gz": tb.standin_archive(STANDIN_VERSION, arch) for arch in RELEASE_ARCHES},
     )

@@ -92,7 +92,7 @@ def parallel_option(value):
 
 @task(klass=ShortFlagTask, help=COMMON_HELP)
 def status(c, hosts=None, config=None, parallel=None, json=False):
-    """Report each host: reachable, arch, PicoClaw version, load, .env, latency."""
+    """Report each host: reachable, arch, PicoClaw version, model, key, sandbox, load, latency."""
     with usage_errors():
         fleet, entries = load_fleet(config, hosts)
         from .facts import fleet_status, render_status
@@ -133,7 +133,7 @@ def init(c, config=None, force=False, from_ssh_config=False, host=None):
     }
 )
 def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, from_file=None, force=False):
-    """Install PicoClaw (binary, ~/.picoclaw/.env with the API key, onboard) on the hosts."""
+    """Install PicoClaw on the hosts: binary, onboard, its model and API key (~/.picoclaw), .env."""
     with usage_errors():
         fleet, entries = load_fleet(config, hosts)
         from .deployment import deploy_fleet, render_deploy
@@ -175,28 +175,33 @@ def teardown(c, hosts=None, config=None, parallel=None, json=False, purge=False,
         "fold": "Show hosts with identical output as one block (default); --no-fold gives each host its own",
         "deploy": "Deploy PicoClaw to the chosen host if it lacks it (default); --no-deploy refuses instead",
         "ephemeral": "Deploy where needed, run, then remove the binary and .env again",
+        "session": "Continue the PicoClaw session NAME (kept on the host); default: a fresh session per task, removed afterwards",
+        "raw": "Print PicoClaw's stdout untouched (banner included) instead of its answer",
+        "unrestricted": "Let PicoClaw's tools reach outside its workspace for this run (restrict_to_workspace off)",
         "config": COMMON_HELP["config"],
         "parallel": COMMON_HELP["parallel"],
         "json": COMMON_HELP["json"],
     },
 )
 def dispatch(c, task=None, host=None, all=False, hosts=None, timeout=None, fold=True, deploy=True,
-             ephemeral=False, config=None, parallel=None, json=False):
+             ephemeral=False, session=None, raw=False, unrestricted=False, config=None, parallel=None, json=False):
     """Run one PicoClaw task on the least loaded host, a named one, or (--all/--hosts) on many."""
     with usage_errors():
+        from .agent_command import AgentOptions, session_name
         from .config import load_for_targets
         from .dispatcher import dispatch as dispatch_task, dispatch_targets
 
+        options = AgentOptions(session_name(session) if session is not None else None, unrestricted, raw)
         fleet = load_for_targets(config, host or hosts)
         targets = dispatch_targets(fleet, host, hosts, all)
         warn_if_insecure(fleet)
         report = dispatch_task(fleet, targets, task, timeout, deploy, ephemeral, parallel_option(parallel),
-                               c.config, warn)
+                               c.config, warn, options)
     from .output import render_blocks, show_inline
 
     if json or targets.mode == "broadcast":
-        return finish(report, json, lambda r: render_blocks(r, fold))
-    show_inline(report)
+        return finish(report, json, lambda r: render_blocks(r, fold, raw))
+    show_inline(report, raw=raw)
     if report.exit_code:
         raise Exit(code=report.exit_code)
 
@@ -207,19 +212,21 @@ def dispatch(c, task=None, host=None, all=False, hosts=None, timeout=None, fold=
     iterable=["task"],
     help={
         "task": "A task for PicoClaw; repeat --task for several (instead of --tasks-file)",
-        "tasks-file": 'One task a line, or JSON Lines {"id", "task", "host", "timeout"}; - reads stdin',
+        "tasks-file": 'One task a line, or JSON Lines {"id", "task", "host", "timeout", "session"}; - reads stdin',
         "hosts": COMMON_HELP["hosts"],
         "timeout": "Stop a task after this many seconds (default: the config's defaults.timeout; a JSON line's own wins)",
         "retries": "Run a task that ended failed or timeout again, up to this many times, elsewhere when possible",
         "retry-lost": "Also run again a task whose host dropped while it ran (it may have had effects)",
+        "raw": "Show PicoClaw's stdout untouched (banner included) instead of each answer",
+        "unrestricted": "Let PicoClaw's tools reach outside its workspace for this run (restrict_to_workspace off)",
         "json": "Print one JSON object at the end instead of human output",
         "jsonl": "Stream one JSON line per task on stdout as each finishes (finish order)",
         "config": COMMON_HELP["config"],
         "parallel": "At most this many hosts connecting at once (default: the config's defaults.parallel)",
     },
 )
-def batch(c, task=None, tasks_file=None, hosts=None, timeout=None, retries=None, retry_lost=False, json=False,
-          jsonl=False, config=None, parallel=None):
+def batch(c, task=None, tasks_file=None, hosts=None, timeout=None, retries=None, retry_lost=False, raw=False,
+          unrestricted=False, json=False, jsonl=False, config=None, parallel=None):
     """Run a queue of PicoClaw tasks over the hosts' free slots (max_tasks each); one result per task."""
     with usage_errors():
         from .batch_output import ProgressPrinter, render_batch, summary_text
@@ -231,11 +238,11 @@ def batch(c, task=None, tasks_file=None, hosts=None, timeout=None, retries=None,
             raise UsageError("give --json or --jsonl, not both")
         fleet, entries = load_fleet(config, hosts)
         tasks = read_tasks(tasks_file, task)
-        settings = batch_settings(fleet, timeout, retries, retry_lost, parallel_option(parallel))
+        settings = batch_settings(fleet, timeout, retries, retry_lost, parallel_option(parallel), unrestricted)
         warn_if_insecure(fleet)
         report = run_batch(fleet, entries, tasks, settings, c.config, ProgressPrinter(jsonl))
     if not jsonl:
-        return finish(report, json, render_batch)
+        return finish(report, json, lambda r: render_batch(r, raw))
     warn(summary_text(report))
     if report.exit_code:
         raise Exit(code=report.exit_code)

@@ -17,6 +17,8 @@ argument, which `task_bytes` enforces before anything connects.
 
 import codecs
 import io
+import re
+import secrets
 import shlex
 import time
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut
 
 from .errors import UsageError
-from .facts import BINARY_PATH, ENV_FILE
+from .facts import ANSI_ESCAPE, BINARY_PATH, PICOCLAW_DIR, SESSIONS_DIR
 from .report import HostReport
 
 #: Linux's MAX_ARG_STRLEN (32 pages) counts the terminating NUL of the argument.
@@ -42,6 +44,13 @@ NOT_INSTALLED_EXIT = 127
 NOT_INSTALLED_MARKER = "picoclaw-fleet: not-installed"
 #: coreutils ``timeout``: TERM worked (124) or KILL was needed (128 + 9).
 TIMEOUT_EXIT, KILLED_EXIT = 124, 137
+#: PicoClaw prints its answer as ``\n🦞 <answer>\n``.
+ANSWER_MARKER = "\n\U0001f99e "
+#: The line on stderr after which the remote command appends PicoClaw's log file.
+LOG_MARKER = "--- picoclaw log ---"
+#: A task's own session is ``agent:main:pcf-<random>``; named sessions may not look like one.
+TASK_SESSION_PREFIX = "pcf-"
+SESSION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def task_bytes(text):
@@ -66,31 +75,126 @@ def task_bytes(text):
     return data
 
 
-def agent_command(timeout_s):
+@dataclass(frozen=True)
+class AgentOptions:
+    """How a task runs besides its text and deadline.
+
+    `session`: a PicoClaw session name to continue on purpose (kept on the
+    host); None gives the task a session of its own, removed afterwards, so
+    no task sees another's history. `unrestricted`: lift PicoClaw's
+    ``restrict_to_workspace`` for this run only. `raw`: show PicoClaw's
+    stdout untouched instead of its answer.
+    """
+
+    session: str | None = None
+    unrestricted: bool = False
+    raw: bool = False
+
+
+def session_name(text):
+    """`text` as a session name (``--session``, batch's ``session``), or `UsageError`.
+
+    Names become PicoClaw keys ``agent:main:<name>`` and file names, so they
+    are limited to letters, digits, ``_`` and ``-``; ``main`` is PicoClaw's
+    own alias for its default session, so it is refused.
+    """
+    if not isinstance(text, str) or not SESSION_NAME.fullmatch(text):
+        raise UsageError(f"session {text!r}: use 1-64 letters, digits, _ or - (e.g. --session triage)")
+    if text.lower() == "main" or text.lower().startswith(TASK_SESSION_PREFIX):
+        raise UsageError(f"session {text!r} is reserved: choose another name")
+    return text
+
+
+def agent_command(timeout_s, options=AgentOptions(), task_id=None):
     """The shell line that reads the task from stdin and runs PicoClaw on it.
 
-    Missing binary: exit `NOT_INSTALLED_EXIT` with the marker on stderr. The
-    ``.env`` is sourced with ``set -a`` so its keys reach PicoClaw's
-    environment without ever being on a command line. ``timeout -k`` kills
-    PicoClaw's whole process group on the host even if our connection is gone;
-    ``timeout`` puts it in a group of its own for exactly that.
+    Missing binary: exit `NOT_INSTALLED_EXIT` with the marker on stderr.
+    PicoClaw runs with ``NO_COLOR`` and without ``TZ`` (a plain banner, no
+    time-zone lines), its logs sent to a file (``PICOCLAW_LOG_FILE``) so that
+    stdout holds only the banner and the answer; after it ends the log is
+    appended to stderr behind `LOG_MARKER` and removed, and so is the task's
+    own session (a TERM to the whole session, as batch sends on Ctrl-C, is
+    trapped by the shell, which cleans up once PicoClaw has gone). ``timeout -k`` kills PicoClaw's whole process group on the
+    host even if our connection is gone (``timeout`` puts it in a group of
+    its own); the shell then still cleans up. ``.env`` is not loaded: the
+    agent's tools must not find the key in their environment.
     """
+    task_id = task_id or secrets.token_hex(6)
     seconds = shlex.quote(f"{float(timeout_s):g}")
     binary = f'"$HOME"/{shlex.quote(BINARY_PATH)}'
-    env_file = f'"$HOME"/{shlex.quote(ENV_FILE)}'
-    run = '"$bin" agent -m "$task" </dev/null'
-    return "; ".join(
-        [
-            "task=$(cat; printf x)",
-            "task=${task%x}",
-            f"bin={binary}",
-            f'if [ ! -x "$bin" ]; then echo "{NOT_INSTALLED_MARKER}: no executable $bin" >&2; '
-            f"exit {NOT_INSTALLED_EXIT}; fi",
-            f"if [ -f {env_file} ]; then set -a; . {env_file}; set +a; fi",
-            f"if command -v timeout >/dev/null 2>&1; then exec timeout -k {KILL_AFTER_S} {seconds} {run}; fi",
-            f"exec {run}",
-        ]
-    )
+    session = options.session or f"{TASK_SESSION_PREFIX}{task_id}"
+    log = f'"$HOME"/{shlex.quote(f"{PICOCLAW_DIR}/fleet-{task_id}.log")}'
+    run = f'"$bin" agent -s {shlex.quote("agent:main:" + session)} -m "$task" </dev/null'
+    steps = [
+        "task=$(cat; printf x)",
+        "task=${task%x}",
+        "trap : TERM HUP",  # outlive a stop (batch's Ctrl-C) long enough to clean up after PicoClaw
+        f"bin={binary}",
+        f'if [ ! -x "$bin" ]; then echo "{NOT_INSTALLED_MARKER}: no executable $bin" >&2; '
+        f"exit {NOT_INSTALLED_EXIT}; fi",
+        "unset TZ",
+        "export NO_COLOR=1",
+        f'mkdir -p -m 700 "$HOME"/{PICOCLAW_DIR}',
+        f"log={log}",
+        'export PICOCLAW_LOG_FILE="$log"',
+    ]
+    if options.unrestricted:
+        steps.append("export PICOCLAW_AGENTS_DEFAULTS_RESTRICT_TO_WORKSPACE=false")
+    steps += [
+        f"if command -v timeout >/dev/null 2>&1; then timeout -k {KILL_AFTER_S} {seconds} {run}; else {run}; fi",
+        "rc=$?",
+    ]
+    if options.session is None:
+        files = " ".join(f'"$HOME"/{shlex.quote(path)}' for path in session_files(session))
+        steps.append(f"rm -f -- {files}")
+    steps += [
+        f"if [ -s \"$log\" ]; then printf '%s\\n' {shlex.quote(LOG_MARKER)} >&2; cat -- \"$log\" >&2; fi",
+        'rm -f -- "$log"',
+        "exit $rc",
+    ]
+    return "; ".join(steps)
+
+
+def session_files(session):
+    """PicoClaw's files for session ``agent:main:<session>`` (it writes ``:`` as ``_``)."""
+    stem = f"{SESSIONS_DIR}/agent_main_{session}"
+    return (f"{stem}.jsonl", f"{stem}.meta.json")
+
+
+def split_answer(stdout):
+    """PicoClaw's answer in its stdout: what follows the first ``\\n🦞 ``, less the final newline.
+
+    Since v0.2.1 stdout is an ASCII-art banner, then (when logs are not sent
+    to a file) log lines, then ``\\n🦞 <answer>\\n``. Only the first marker
+    counts, so an answer that itself holds 🦞 or a banner-like line comes
+    back whole. Older output without the marker: everything after the banner.
+    """
+    at = stdout.find(ANSWER_MARKER)
+    if at >= 0:
+        answer = stdout[at + len(ANSWER_MARKER):]
+    elif stdout.startswith(ANSWER_MARKER[1:]):
+        answer = stdout[len(ANSWER_MARKER) - 1:]
+    else:
+        answer = without_banner(stdout)
+    return answer[:-1] if answer.endswith("\n") else answer
+
+
+def without_banner(stdout):
+    """`stdout` less its leading lines that hold no letter or digit (the banner's box drawing)."""
+    lines = stdout.splitlines(keepends=True)
+    skip = 0
+    while skip < len(lines) and not any(c.isalnum() for c in ANSI_ESCAPE.sub("", lines[skip])):
+        skip += 1
+    return "".join(lines[skip:])
+
+
+def split_log(stderr):
+    """(PicoClaw's own stderr, its log lines) from the stderr the remote command returns."""
+    mark = LOG_MARKER + "\n"
+    at = stderr.rfind(mark)
+    if at < 0 or (at > 0 and stderr[at - 1] != "\n"):
+        return stderr, ""
+    return stderr[:at], stderr[at + len(mark):]
 
 
 class TaskRunner(Remote):
@@ -132,13 +236,24 @@ class AgentResult:
     status: str
     message: str
     duration_s: float
+    answer: str = ""
+    log: str = ""
+    session: str | None = None
 
     def details(self):
-        """The fields ``--json`` carries for the run (besides status and duration)."""
-        return {"stdout": self.stdout, "stderr": self.stderr, "exit_code": self.exit_code}
+        """The fields ``--json`` carries for the run (besides status and duration).
+
+        `answer` is PicoClaw's answer alone; `stdout` what it printed
+        (banner included), `stderr` its error output, `log` its log lines.
+        """
+        details = {"answer": self.answer, "stdout": self.stdout, "stderr": self.stderr, "log": self.log,
+                   "exit_code": self.exit_code}
+        if self.session is not None:
+            details["session"] = self.session
+        return details
 
 
-def run_agent(cxn, task, timeout_s):
+def run_agent(cxn, task, timeout_s, options=AgentOptions()):
     """Run one task on `cxn` (opened if need be) and return its `AgentResult`.
 
     `task` is the bytes from `task_bytes`. The host stops PicoClaw at
@@ -154,7 +269,7 @@ def run_agent(cxn, task, timeout_s):
     locally_timed_out = False
     try:
         result = runner.run(
-            agent_command(timeout_s), hide=True, warn=True, in_stream=io.BytesIO(task), timeout=deadline
+            agent_command(timeout_s, options), hide=True, warn=True, in_stream=io.BytesIO(task), timeout=deadline
         )
     except CommandTimedOut as exc:
         result, locally_timed_out = exc.result, True
@@ -162,8 +277,11 @@ def run_agent(cxn, task, timeout_s):
     exit_code = None if result.exited in (None, -1) else result.exited
     gone = connection_dropped(cxn, runner.channel)
     status, message = agent_status(exit_code, result.stderr, duration, timeout_s, locally_timed_out, gone)
-    stderr = "" if status == "not-installed" else result.stderr  # our prologue's marker, not PicoClaw's
-    return AgentResult(result.stdout, stderr, exit_code, status, message, duration)
+    stderr, log = split_log(result.stderr)
+    if status == "not-installed":
+        stderr = ""  # our prologue's marker, not PicoClaw's
+    answer = split_answer(result.stdout) if status == "ok" or ANSWER_MARKER in result.stdout else ""
+    return AgentResult(result.stdout, stderr, exit_code, status, message, duration, answer, log, options.session)
 
 
 def connection_dropped(cxn, channel):

@@ -73,9 +73,9 @@ def jsonl_line(outcome):
     return json.dumps(outcome.to_dict(), ensure_ascii=False)
 
 
-def render_batch(report):
+def render_batch(report, raw=False):
     """The human view: one block per task in input order, hosts with something to say, the summary."""
-    parts = [task_header(outcome) + block_body(outcome.report) for outcome in report.tasks]
+    parts = [task_header(outcome) + block_body(outcome.report, raw) for outcome in report.tasks]
     parts += [f"host {h.name} ({h.address}): {h.status}: {h.message}\n" for h in report.hosts if h.message]
     parts.append(summary_text(report) + "\n")
     return "".join(parts)

@@ -118,7 +118,7 @@ class TaskOutcome:
     """A task's one final status: the host's report of its last run, and how many runs it took.
 
     `report` is a `report.HostReport` of the host it ran on (or would have),
-    whose details carry ``stdout``, ``stderr`` and ``exit_code``.
+    whose details carry ``answer``, ``stdout``, ``stderr``, ``log`` and ``exit_code``.
     """
 
     task: Task
@@ -483,9 +483,10 @@ class BatchSettings:
     retry_lost: bool = False
     parallel: int = 32
     connect_timeout: float = 10
+    unrestricted: bool = False
 
 
-def batch_settings(fleet, timeout=None, retries=None, retry_lost=False, parallel=None):
+def batch_settings(fleet, timeout=None, retries=None, retry_lost=False, parallel=None, unrestricted=False):
     """The run's `BatchSettings` from the flags and the config; `UsageError` on a bad value."""
     from .dispatcher import check_timeout
 
@@ -498,6 +499,7 @@ def batch_settings(fleet, timeout=None, retries=None, retry_lost=False, parallel
         retry_lost=bool(retry_lost),
         parallel=parallel or fleet.defaults.parallel,
         connect_timeout=fleet.defaults.connect_timeout,
+        unrestricted=bool(unrestricted),
     )
 
 
@@ -555,7 +557,7 @@ def work_slot(queue, slot, settings):
     A session refused on a connection that is still up (paramiko names the
     cause only for one of several refusals at once) retires just this slot.
     """
-    from .agent_command import run_agent
+    from .agent_command import AgentOptions, run_agent
     from .connections import classify_failure
 
     cxn = slot.host.cxn
@@ -564,7 +566,8 @@ def work_slot(queue, slot, settings):
             queue.not_started(slot, job, "lost", "the connection dropped between tasks")
             return
         try:
-            result = run_agent(cxn, job.task.data, job.task.timeout or settings.timeout_s)
+            options = AgentOptions(session=job.task.session, unrestricted=settings.unrestricted)
+            result = run_agent(cxn, job.task.data, job.task.timeout or settings.timeout_s, options)
         except Exception as exc:  # the channel could not be opened: the task never started
             if cxn.is_connected:  # the host is there but holds no more sessions
                 queue.slot_refused(slot, job, refused_session_message(exc))

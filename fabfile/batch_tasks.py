@@ -11,10 +11,11 @@ import json
 import sys
 from dataclasses import dataclass
 
+from .agent_command import session_name, task_bytes
 from .errors import UsageError
 
 #: Keys a JSON Lines task may have; anything else is a typo worth stopping for.
-TASK_KEYS = ("id", "task", "host", "timeout")
+TASK_KEYS = ("id", "task", "host", "timeout", "session")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Task:
     where: str
     host: str | None = None
     timeout: float | None = None
+    session: str | None = None
 
 
 def read_tasks(tasks_file=None, task_texts=(), stdin=None):
@@ -101,7 +103,7 @@ def plain_task(text, task_id, position, where):
 
 
 def json_task(line, number, position, where):
-    """A task from one JSON Lines line: ``{"id", "task", "host", "timeout"}``."""
+    """A task from one JSON Lines line: ``{"id", "task", "host", "timeout", "session"}``."""
     try:
         item = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -123,12 +125,17 @@ def json_task(line, number, position, where):
     timeout = item.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")):
         raise UsageError(f'{where}: "timeout" must be a number of seconds above 0')
-    return Task(task_id, checked_bytes(text, where), position, where, host, timeout)
+    session = item.get("session")
+    if session is not None:
+        try:
+            session_name(session)
+        except UsageError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+    return Task(task_id, checked_bytes(text, where), position, where, host, timeout, session)
 
 
 def checked_bytes(text, where):
     """`agent_command.task_bytes` (empty, NUL, too long...), its error naming the line."""
-    from .agent_command import task_bytes
 
     try:
         return task_bytes(text)

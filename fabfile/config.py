@@ -37,13 +37,32 @@ TEMPLATE = {
 DEFAULTS = {
     "provider": "anthropic",
     "api_key_env": "ANTHROPIC_API_KEY",
-    "release_repo": "EricGrill/picoclaw",
+    "release_repo": "sipeed/picoclaw",
     "github_api": "https://api.github.com",
     "timeout": 120,
     "connect_timeout": 10,
     "parallel": 32,
     "host_key_policy": "accept-new",
     "known_hosts": "~/.ssh/known_hosts",
+    "model": None,
+    "api_base": None,
+    "restrict_to_workspace": True,
+}
+
+#: PicoClaw's own ``model_list`` defaults (pkg/config/defaults.go): the model a
+#: provider gets when the config names none, and, for each such name, the
+#: provider and model id an entry must carry when a host's list lacks it.
+PROVIDER_MODELS = {
+    "anthropic": ("claude-sonnet-4.6", "claude-sonnet-4-6"),
+    "openai": ("gpt-5.4", "gpt-5.4"),
+    "zhipu": ("glm-4.7", "glm-4.7"),
+    "deepseek": ("deepseek-chat", "deepseek-chat"),
+    "gemini": ("gemini-2.0-flash", "gemini-2.0-flash-exp"),
+    "qwen": ("qwen-plus", "qwen-plus"),
+    "moonshot": ("moonshot-v1-8k", "moonshot-v1-8k"),
+    "groq": ("llama-3.3-70b", "llama-3.3-70b-versatile"),
+    "openrouter": ("openrouter-auto", "auto"),
+    "ollama": ("llama3", "llama3"),
 }
 
 
@@ -60,6 +79,9 @@ class HostEntry:
     tags: tuple = ()
     gateway: str | None = None
     max_tasks: int = 1
+    model: str | None = None
+    api_base: str | None = None
+    restrict_to_workspace: bool | None = None
 
     @property
     def address(self):
@@ -81,6 +103,42 @@ class Defaults:
     parallel: int = DEFAULTS["parallel"]
     host_key_policy: str = DEFAULTS["host_key_policy"]
     known_hosts: str = DEFAULTS["known_hosts"]
+    model: str | None = DEFAULTS["model"]
+    api_base: str | None = DEFAULTS["api_base"]
+    restrict_to_workspace: bool = DEFAULTS["restrict_to_workspace"]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The PicoClaw model one host uses, and whether its tools stay in their workspace.
+
+    `name` is a PicoClaw ``model_name``; `provider` and `model_id` fill a
+    ``model_list`` entry when the host's list has none of that name;
+    `api_base` (None: PicoClaw's own default) is set on that entry.
+    """
+
+    name: str
+    provider: str
+    model_id: str
+    api_base: str | None
+    restrict_to_workspace: bool
+
+
+def model_choice(defaults, entry, provider=None):
+    """The `ModelChoice` for `entry`: the host's own settings over the fleet's.
+
+    `UsageError` when neither names a model and the provider has no default
+    one in PicoClaw's list: checked before any host is contacted.
+    """
+    provider = provider or defaults.provider
+    name = entry.model or defaults.model
+    if name is None:
+        if provider not in PROVIDER_MODELS:
+            raise UsageError(f"provider {provider!r} has no default PicoClaw model: set defaults.model to a model_name")
+        name = PROVIDER_MODELS[provider][0]
+    known = {model: model_id for model, model_id in PROVIDER_MODELS.values()}
+    restrict = defaults.restrict_to_workspace if entry.restrict_to_workspace is None else entry.restrict_to_workspace
+    return ModelChoice(name, provider, known.get(name, name), entry.api_base or defaults.api_base, restrict)
 
 
 @dataclass
@@ -156,7 +214,7 @@ def validate_config(data):
         for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     ]
     if not problems:
-        problems = duplicate_name_problems(data["hosts"])
+        problems = duplicate_name_problems(data["hosts"]) + api_base_problems(data)
     if problems:
         raise UsageError("invalid config: " + "\ninvalid config: ".join(problems))
 
@@ -170,6 +228,30 @@ def duplicate_name_problems(hosts):
             problems.append(f"hosts[{index}].name: duplicate host name {name!r} (also hosts[{seen[name]}])")
         seen.setdefault(name, index)
     return problems
+
+
+def api_base_problems(data):
+    """One problem line per ``api_base`` that is not an http(s) URL with a host."""
+    places = [("defaults", data.get("defaults", {}))] + [(f"hosts[{i}]", h) for i, h in enumerate(data["hosts"])]
+    problems = []
+    for where, item in places:
+        url = item.get("api_base")
+        if url is not None and not is_http_url(url):
+            problems.append(f"{where}.api_base: {url!r} is not an http(s) URL (e.g. http://10.0.0.5:8000/v1)")
+    return problems
+
+
+def is_http_url(text):
+    """True for ``http://host[:port][/path]`` and ``https://...`` with no spaces or credentials."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc and not any(
+        c.isspace() for c in text)
 
 
 def json_path(parts):

@@ -1,4 +1,4 @@
-"""Putting PicoClaw on hosts: the binary, the API key's ``.env``, and onboarding.
+"""Putting PicoClaw on hosts: the binary, onboarding, its model and key, and the seed's ``.env``.
 
 A run is planned once (`deploy_plan`: API key read, release resolved) and then
 applied to every host in parallel (`deploy_host`), so one bad host never
@@ -6,9 +6,9 @@ stops the others. Each step is idempotent: a host that already has this
 binary and this ``.env`` gets nothing uploaded, and a re-run after a failure
 simply finishes the job.
 
-The API key only ever travels inside the ``.env`` file's bytes over SFTP: it
-is never on a command line (ours or the host's), in a message, or in the
-report.
+The API key only ever travels inside file bytes over SFTP (.security.yml,
+where PicoClaw reads it, and ``.env``): it is never on a command line (ours or
+the host's), in a message, or in the report.
 """
 
 import os
@@ -19,14 +19,14 @@ import time
 from dataclasses import dataclass, field
 
 from . import remote_files
+from .config import model_choice
 from .errors import UsageError
-from .facts import BINARY_PATH, ENV_FILE, parse_version, probe_host
+from .facts import BINARY_PATH, CONFIG_FILE, ENV_FILE, PICOCLAW_DIR, parse_version, probe_host
+from .provisioning import ProvisioningError, provision_model
 from .remote_files import RemoteFileError
 from .report import HostReport
 
 BIN_DIR = ".local/bin"
-PICOCLAW_DIR = ".picoclaw"
-CONFIG_FILE = ".picoclaw/config.json"
 
 #: How long the freshly uploaded binary may take to print its version.
 VERSION_TIMEOUT = 30
@@ -53,15 +53,22 @@ class DeployPlan:
     """Everything a run installs, decided once before any host is contacted.
 
     `binaries` gives the `release.Binary` for an arch (``for_arch``);
-    `env_text` is the ``.env`` content and holds the API key, so it is left
-    out of the repr.
+    `env_text` (the ``.env`` content) and `key` hold the API key, so they are
+    left out of the repr.
     """
 
     binaries: object
     env_text: bytes = field(repr=False)
+    key: str = field(default="", repr=False)
+    provider: str = "anthropic"
+    defaults: object = None
     force: bool = False
     timeout: float = 120
     uploaded: ByteCounter = field(default_factory=ByteCounter)
+
+    def model_for(self, entry):
+        """The host's `config.ModelChoice`; `UsageError` when none can be made (checked before connecting)."""
+        return model_choice(self.defaults, entry, self.provider)
 
 
 # ---- planning (local, before any host) ----------------------------------------
@@ -88,20 +95,17 @@ def key_settings(defaults, environ):
 
 
 def env_file_text(provider, key_env, key):
-    """The ``~/.picoclaw/.env`` bytes: provider, key, and PicoClaw's own override variables.
+    """The ``~/.picoclaw/.env`` bytes: the seed's contract, ``PROVIDER`` and the key's variable.
 
-    PicoClaw does not read ``.env``; dispatch loads it into the agent's
-    environment, where ``PICOCLAW_PROVIDERS_<P>_API_KEY`` and
-    ``PICOCLAW_AGENTS_DEFAULTS_PROVIDER`` are what PicoClaw itself reads.
+    Neither PicoClaw nor dispatch reads it (PicoClaw takes its key from
+    .security.yml, and the agent's environment must not hold the key, where
+    its ``exec`` tool could print it); it is kept for the user's own scripts.
     Values are shell-quoted so that ``. ~/.picoclaw/.env`` is safe.
     """
-    picoclaw_name = provider.upper().replace("-", "_")
     lines = [
-        "# Written by picoclaw-fleet deploy: re-deploys rewrite it, teardown removes it.",
+        "# Written by picoclaw-fleet deploy for your own scripts: PicoClaw reads its key from .security.yml.",
         f"PROVIDER={shlex.quote(provider)}",
         f"{key_env}={shlex.quote(key)}",
-        f"PICOCLAW_PROVIDERS_{picoclaw_name}_API_KEY={shlex.quote(key)}",
-        f"PICOCLAW_AGENTS_DEFAULTS_PROVIDER={shlex.quote(provider)}",
     ]
     return ("\n".join(lines) + "\n").encode()
 
@@ -118,14 +122,16 @@ def deploy_plan(fleet, version=None, from_file=None, force=False, environ=None):
 
     defaults = fleet.defaults
     environ = os.environ if environ is None else environ
-    env_text = env_file_text(*key_settings(defaults, environ))
+    provider, key_env, key = key_settings(defaults, environ)
+    env_text = env_file_text(provider, key_env, key)
     if from_file and version:
         raise UsageError("--version and --from-file exclude each other: --from-file installs that file as it is")
     if from_file:
         binaries = release.FileBinaries(release.binary_from_file(from_file))
     else:
         binaries = release.release_binaries(defaults, version, environ)
-    return DeployPlan(binaries=binaries, env_text=env_text, force=force, timeout=defaults.timeout)
+    return DeployPlan(binaries=binaries, env_text=env_text, key=key, provider=provider, defaults=defaults,
+                      force=force, timeout=defaults.timeout)
 
 
 # ---- one host -------------------------------------------------------------------
@@ -140,7 +146,9 @@ def deploy_host(cxn, entry, plan, facts=None):
     host's `facts.HostFacts` if already probed (else this probes). Status is
     ``ok`` with details ``arch, binary (installed|upgraded|downgraded|
     reinstalled|unchanged), version, previous_version, env (written|
-    unchanged), onboard (ran|skipped), uploaded_bytes``; otherwise a failure
+    unchanged), onboard (ran|skipped), model (configured|unchanged),
+    model_name, restrict_to_workspace, uploaded_bytes`` (everything written
+    to this host: binary and files); otherwise a failure
     status (``unsupported-arch``, ``no-asset``, ``checksum-mismatch``,
     ``download-failed``, ``bad-asset``, ``failed``) with a one-line message.
     A dropped connection propagates as an exception for `fan_out` to classify
@@ -159,19 +167,31 @@ def deploy_host(cxn, entry, plan, facts=None):
 
     if facts.arch is None:
         return report("unsupported-arch", f"uname -m says {facts.machine or 'nothing'}: no PicoClaw build for it")
+    sent = ByteCounter()
+
+    def count(n):
+        sent.add(n)
+        plan.uploaded.add(n)
+
     try:
         binary = plan.binaries.for_arch(facts.arch)
-        details.update(install_binary(cxn, binary, facts, plan))
-        details["env"] = "written" if write_env(cxn, plan) else "unchanged"
+        details.update(install_binary(cxn, binary, facts, plan, count))
+        details["env"] = "written" if write_env(cxn, plan, count) else "unchanged"
         details["onboard"] = onboard(cxn, plan.timeout)
+        choice = plan.model_for(entry)
+        details["model_name"] = choice.name
+        details["model"] = provision_model(cxn, choice, plan.key, count)
+        details["restrict_to_workspace"] = choice.restrict_to_workspace
     except AssetProblem as problem:
         return report(problem.status, str(problem))
-    except (RemoteFileError, DeployError) as exc:
+    except (RemoteFileError, DeployError, ProvisioningError) as exc:
         return report("failed", str(exc))
+    finally:
+        details["uploaded_bytes"] = sent.total
     return report("ok")
 
 
-def install_binary(cxn, binary, facts, plan):
+def install_binary(cxn, binary, facts, plan, on_bytes=None):
     """Put `binary` at ~/.local/bin/picoclaw unless it is already there; the report details.
 
     The upload goes to a temporary name beside the target, is checked by
@@ -181,15 +201,9 @@ def install_binary(cxn, binary, facts, plan):
     """
     current = remote_files.sha256(cxn, BINARY_PATH)
     if current == binary.sha256 and not plan.force:
-        return {"binary": "unchanged", "version": facts.version, "uploaded_bytes": 0}
-    sent = ByteCounter()
-
-    def count(n):
-        sent.add(n)
-        plan.uploaded.add(n)
-
+        return {"binary": "unchanged", "version": facts.version}
     remote_files.mkdir(cxn, BIN_DIR, 0o755)
-    temp = remote_files.upload_temp(cxn, BINARY_PATH, binary.data, 0o755, count)
+    temp = remote_files.upload_temp(cxn, BINARY_PATH, binary.data, 0o755, on_bytes)
     try:
         version = binary_version(cxn, temp)
         remote_files.commit(cxn, temp, BINARY_PATH)
@@ -199,7 +213,6 @@ def install_binary(cxn, binary, facts, plan):
     details = {"binary": install_outcome(current, binary.sha256, facts.version, version), "version": version}
     if current is not None:
         details["previous_version"] = facts.version
-    details["uploaded_bytes"] = sent.total
     return details
 
 
@@ -234,17 +247,19 @@ def binary_version(cxn, path):
     return parse_version(output) or "unknown"
 
 
-def write_env(cxn, plan):
+def write_env(cxn, plan, on_bytes=None):
     """Write ~/.picoclaw/.env (dir 0700, file 0600) when its content differs; True when written."""
     remote_files.mkdir(cxn, PICOCLAW_DIR, 0o700)
     remote_files.ensure_mode(cxn, PICOCLAW_DIR, 0o700)
-    return remote_files.write_if_changed(cxn, ENV_FILE, plan.env_text, 0o600, plan.uploaded.add)
+    return remote_files.write_if_changed(cxn, ENV_FILE, plan.env_text, 0o600, on_bytes)
 
 
 def onboard(cxn, timeout):
     """Run ``picoclaw onboard`` once, when ~/.picoclaw/config.json does not exist: ``ran`` or ``skipped``.
 
-    Stdin is closed (locally and on the host): the real onboard asks
+    Onboard writes PicoClaw's default config (its long ``model_list``) and
+    workspace (skills, templates); `provisioning` then selects the model.
+    Stdin is closed (locally and on the host): PicoClaw up to v0.2.0 asks
     "Overwrite? (y/n)" when a config exists, and must never wait on that
     prompt or overwrite a user's config.
     """
@@ -267,6 +282,8 @@ def deploy_fleet(fleet, entries, version=None, from_file=None, force=False, para
     from .report import FleetReport
 
     plan = deploy_plan(fleet, version, from_file, force, environ)
+    for entry in entries:
+        plan.model_for(entry)  # a host with no usable model is a usage error before any host is contacted
     reports = fan_out(entries, lambda cxn, entry: deploy_host(cxn, entry, plan), fleet.defaults, parallel, base_config, fleet.hosts)
     return FleetReport("deploy", reports, {"release": plan.binaries.describe(), "uploaded_bytes": plan.uploaded.total})
 
@@ -282,7 +299,7 @@ def render_deploy(report):
         else f"{source['repo']} {source['tag']}"
     )
     rows = [deploy_row(host) for host in report.hosts]
-    headers = ["HOST", "ADDRESS", "STATUS", "ARCH", "BINARY", "VERSION", ".ENV", "ONBOARD", "NOTE"]
+    headers = ["HOST", "ADDRESS", "STATUS", "ARCH", "BINARY", "VERSION", "MODEL", ".ENV", "ONBOARD", "NOTE"]
     uploaded = f"uploaded {human_bytes(report.extra['uploaded_bytes'])}"
     return f"PicoClaw {origin}\n" + render_table(rows, headers) + "\n" + summary_line(report) + f"; {uploaded}"
 
@@ -305,4 +322,6 @@ def deploy_row(host):
     notes = [host.message] if host.message else []
     if "arch_mismatch" in d:
         notes.append(f"arch mismatch: {d['arch_mismatch']}")
-    return [host.name, host.address, host.status, d.get("arch", "-"), binary, version, d.get("env", "-"), d.get("onboard", "-"), "; ".join(notes)]
+    model = f"{d['model_name']} ({d['model']})" if "model" in d else "-"
+    return [host.name, host.address, host.status, d.get("arch", "-"), binary, version, model, d.get("env", "-"),
+            d.get("onboard", "-"), "; ".join(notes)]

@@ -19,12 +19,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .agent_command import agent_report, run_agent, task_bytes
+from .agent_command import AgentOptions, agent_report, run_agent, task_bytes
 from .errors import UsageError
 from .report import FleetReport, HostReport
 
 #: Every host's JSON carries these, even a host the task never reached.
-OUTPUT_FIELDS = {"stdout": "", "stderr": "", "exit_code": None}
+OUTPUT_FIELDS = {"answer": "", "stdout": "", "stderr": "", "log": "", "exit_code": None}
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def check_timeout(value):
 
 
 def dispatch(fleet, targets, text, timeout_s=None, deploy=True, ephemeral=False, parallel=None,
-             base_config=None, notify=None):
+             base_config=None, notify=None, options=AgentOptions()):
     """Run `text` as a PicoClaw task where `targets` says; the ``dispatch`` `FleetReport`.
 
     The task text, the timeout and (for ``--ephemeral``) the deploy plan are
@@ -96,7 +96,7 @@ def dispatch(fleet, targets, text, timeout_s=None, deploy=True, ephemeral=False,
     deployer = Deployer(fleet) if ephemeral or (deploy and targets.mode != "broadcast") else None
     if ephemeral:
         deployer.plan()
-    worker = Worker(task, timeout_s, deployer, ephemeral, notify or quiet, fleet.defaults.connect_timeout)
+    worker = Worker(task, timeout_s, deployer, ephemeral, notify or quiet, fleet.defaults.connect_timeout, options)
     if targets.mode == "broadcast":
         reports = fan_out_with_output(fleet, targets.entries, worker.run, parallel, base_config)
         report = FleetReport("dispatch", reports)
@@ -225,6 +225,7 @@ class Worker:
     ephemeral: bool = False
     notify: object = None
     connect_timeout: float = 10
+    options: AgentOptions = AgentOptions()
 
     def run(self, cxn, entry):
         """The per-host function for `connections.fan_out`."""
@@ -240,12 +241,12 @@ class Worker:
 
     def deploy_and_run(self, cxn, entry, steps):
         """Run the task; where PicoClaw is missing and deploying is allowed, deploy and run again."""
-        result = run_agent(cxn, self.task, self.timeout_s)
+        result = run_agent(cxn, self.task, self.timeout_s, self.options)
         if result.status == "not-installed" and self.deployer is not None:
             deployed = self.step(steps, entry, "deploy", lambda: self.deployer.deploy(cxn, entry))
             if not deployed.ok:
                 return deployed_failure(deployed, result)
-            result = run_agent(cxn, self.task, self.timeout_s)
+            result = run_agent(cxn, self.task, self.timeout_s, self.options)
         if self.ephemeral:
             steps.append({"step": "run", "status": result.status, "duration_s": round(result.duration_s, 3)})
         return agent_report(entry, result)
@@ -325,6 +326,7 @@ class Deployer:
         started = time.monotonic()
         try:
             plan = self.plan()
+            plan.model_for(entry)
         except UsageError as exc:
             return HostReport(entry.name, entry.address, "failed", time.monotonic() - started, str(exc))
         return deploy_host(cxn, entry, plan)

@@ -5,44 +5,90 @@ over a large fleet costs one round of commands, and the same probe serves
 host selection for dispatch and batch.
 """
 
+import json
 import re
+import shlex
 import time
 from dataclasses import dataclass
 
 from .report import HostReport
 
-#: Where deploy installs PicoClaw, relative to the remote user's home.
+#: Where deploy installs PicoClaw and PicoClaw keeps its files, relative to the
+#: remote user's home. PicoClaw reads its model choice from CONFIG_FILE and the
+#: model's API key from SECURITY_FILE; ENV_FILE is the seed's contract, read by
+#: nothing of ours (see README, deploy).
 BINARY_PATH = ".local/bin/picoclaw"
+PICOCLAW_DIR = ".picoclaw"
 ENV_FILE = ".picoclaw/.env"
+CONFIG_FILE = ".picoclaw/config.json"
+SECURITY_FILE = ".picoclaw/.security.yml"
+#: PicoClaw's session files (``<key with : as _>.jsonl`` and ``.meta.json``) in its default workspace.
+SESSIONS_DIR = ".picoclaw/workspace/sessions"
 
+#: ``uname -m`` -> the arch names of PicoClaw's Linux release archives (Go's,
+#: but ``amd64`` for x86_64). 32-bit MIPS is decided by byte order (`normalize_arch`).
 ARCH_NAMES = {
     "x86_64": "amd64",
     "amd64": "amd64",
     "aarch64": "arm64",
     "arm64": "arm64",
-    "riscv64": "riscv64",
+    "armv8l": "armv7",
     "armv7l": "armv7",
     "armv7": "armv7",
-    "armv8l": "armv7",
+    "armv6l": "armv6",
+    "armv6": "armv6",
+    "riscv64": "riscv64",
+    "loongarch64": "loong64",
+    "loong64": "loong64",
+    "mipsel": "mipsle",
+    "mipsle": "mipsle",
+    "s390x": "s390x",
 }
 
-#: Prints ``key=value`` lines. The binary's ``version`` is bounded by
-#: ``timeout`` when the host has it, so a broken binary cannot hang status.
-#: Its first line is cut by the shell (``${v%%<newline>*}``), not by a
-#: ``printf | head`` pipeline: every process the probe starts is paid on each
-#: host at every status, and the benchmark showed the probe, not our client,
-#: dominating ``status`` time.
+#: A sed -E script that keeps a YAML file's keys and masks every value as
+#: ``x`` (empty ``[]``, ``{}``, ``""`` stay empty), dropping comments and any
+#: line it does not recognise: the probe learns whether a model has an API key
+#: without the key ever leaving the host.
+_YAML_KEY = r"""("[^"]*"|'[^']*'|([^:#"'[:space:]]|:[^[:space:]])([^:#]|:[^[:space:]])*)"""
+_KEY_LINE = r"^([[:space:]]*" + _YAML_KEY + r"[[:space:]]*:)"
+SECURITY_MASK = "\n".join([
+    r"/^[[:space:]]*(#|$)/d",
+    r"s/^([[:space:]]*-)[[:space:]]+[^[:space:]].*$/\1 x/",
+    r"/^[[:space:]]*-( x)?[[:space:]]*$/b",
+    "s/" + _KEY_LINE + r"""[[:space:]]+(\[\]|\{\}|""|'')[[:space:]]*(#.*)?$/\1 \5/""",
+    "t",
+    "s/" + _KEY_LINE + r"[[:space:]]+[^[:space:]#].*$/\1 x/",
+    "t",
+    "s/" + _KEY_LINE + r"[[:space:]]*(#.*)?$/\1/",
+    "t",
+    "d",
+])
+
+#: Bounds what the probe copies of PicoClaw's config files.
+CONFIG_BYTES = 262144
+#: Prints the ``key=value`` lines, then PicoClaw's config.json and its
+#: .security.yml with every value masked (`SECURITY_MASK`), each after a
+#: marker line. The version comes from ``picoclaw version`` run with
+#: ``NO_COLOR`` and without ``TZ`` (no colour codes, no time-zone lines), cut
+#: by the shell after its ``picoclaw `` (the banner never holds the word) and
+#: bounded by ``timeout`` when the host has it, so a broken binary cannot hang
+#: status. MIPS hosts also report their byte order, from /bin/sh's ELF header.
 PROBE_COMMAND = (
-    'echo "arch=$(uname -m)"; '
+    'm=$(uname -m); echo "arch=$m"; '
+    'case $m in mips*) echo "endian=$(od -An -tx1 -j5 -N1 /bin/sh 2>/dev/null)";; esac; '
     'echo "loadavg=$(cat /proc/loadavg 2>/dev/null)"; '
     'echo "ncpu=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)"; '
     f'bin="$HOME/{BINARY_PATH}"; '
     'if [ -x "$bin" ]; then '
-    'if command -v timeout >/dev/null 2>&1; then v=$(timeout 10 "$bin" version 2>&1 </dev/null); '
-    'else v=$("$bin" version 2>&1 </dev/null); fi; '
-    "echo \"version_rc=$?\"; nl='\n'; printf 'version=%s\\n' \"${v%%\"$nl\"*}\"; "
+    'if command -v timeout >/dev/null 2>&1; then v=$(unset TZ; NO_COLOR=1 timeout 10 "$bin" version 2>&1 </dev/null); '
+    'else v=$(unset TZ; NO_COLOR=1 "$bin" version 2>&1 </dev/null); fi; '
+    'echo "version_rc=$?"; v=${v#*"picoclaw "}; '
+    "nl='\n'; printf 'version=%s\\n' \"${v%%\"$nl\"*}\"; "
     "else echo version_rc=127; fi; "
-    f'if [ -f "$HOME/{ENV_FILE}" ]; then echo env=yes; else echo env=no; fi'
+    f'if [ -f "$HOME/{ENV_FILE}" ]; then echo env=yes; else echo env=no; fi; '
+    f'c="$HOME/{CONFIG_FILE}"; if [ -f "$c" ]; then echo "--- config.json"; head -c {CONFIG_BYTES} "$c"; fi; '
+    f's="$HOME/{SECURITY_FILE}"; if [ -f "$s" ]; then echo; echo "--- security"; '
+    f'head -c {CONFIG_BYTES} "$s" | sed -E {shlex.quote(SECURITY_MASK)}; fi'
 )
 
 VERSION_PATTERN = re.compile(r"v?(\d+\.\d+(?:\.\d+)?(?:[-+][0-9A-Za-z.+-]*)?)")
@@ -59,6 +105,12 @@ class HostFacts:
     ncpu: int | None
     env_present: bool
     latency_ms: float | None = None
+    worker: "WorkerConfig | None" = None
+
+    @property
+    def model(self):
+        """The PicoClaw model_name the host's config selects, or None."""
+        return self.worker.model if self.worker else None
 
     @property
     def installed(self):
@@ -76,30 +128,122 @@ def load_per_cpu(load1, ncpu):
     return None if load1 is None or not ncpu else load1 / ncpu
 
 
-def normalize_arch(machine):
-    """Map ``uname -m`` to our arch names (amd64/arm64/riscv64/armv7), or None."""
-    return ARCH_NAMES.get(machine.strip().lower())
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a host's PicoClaw config says, as far as the fleet cares (never a key).
+
+    `model` is ``agents.defaults.model_name`` (None when unset or empty);
+    `api_key` whether .security.yml (or the model_list entry) holds a key for
+    it, None when that cannot be told; `restrict_to_workspace` PicoClaw's
+    sandbox switch (its default: on); `problem` says why the config could
+    not be read, if it could not.
+    """
+
+    model: str | None = None
+    api_key: bool | None = None
+    restrict_to_workspace: bool = True
+    problem: str | None = None
+
+
+def normalize_arch(machine, endian=""):
+    """Map ``uname -m`` to a PicoClaw build's arch name, or None when there is none.
+
+    ``mips`` names both byte orders; only little-endian (``mipsle``) has a
+    build, told by the ELF header byte the probe reads (``01``).
+    """
+    machine = machine.strip().lower()
+    if machine == "mips":
+        return "mipsle" if endian.strip() == "01" else None
+    return ARCH_NAMES.get(machine)
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def parse_version(text):
-    """The version number in ``picoclaw version`` output, e.g. ``0.1.2``; None if absent."""
-    match = VERSION_PATTERN.search(text or "")
-    return match.group(1) if match else None
+    """The version in ``picoclaw version`` output, e.g. ``0.2.9``; None if absent.
+
+    Since v0.2.1 the output starts with an ASCII-art banner (coloured unless
+    NO_COLOR) and, with TZ set, time-zone lines; the version is on the line
+    that names ``picoclaw`` (``🦞 picoclaw 0.2.9 (git: abc12345)``), else the
+    first version-like text anywhere (older plain formats).
+    """
+    text = ANSI_ESCAPE.sub("", text or "")
+    lines = [line for line in text.splitlines() if "picoclaw" in line.lower()] + [text]
+    for line in lines:
+        match = VERSION_PATTERN.search(line.lower().split("picoclaw", 1)[-1])
+        if match:
+            return match.group(1)
+    return None
 
 
 def parse_probe(stdout):
-    """`HostFacts` from the probe's ``key=value`` lines."""
-    values = dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
+    """`HostFacts` from the probe's ``key=value`` lines and the config sections after them."""
+    head, config_text, security_text = probe_sections(stdout)
+    values = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
     load_fields = values.get("loadavg", "").split()
     installed = values.get("version_rc") == "0"
     return HostFacts(
-        arch=normalize_arch(values.get("arch", "")),
+        arch=normalize_arch(values.get("arch", ""), values.get("endian", "")),
         machine=values.get("arch", "").strip(),
         version=(parse_version(values.get("version")) or "unknown") if installed else None,
         load1=float(load_fields[0]) if load_fields and _is_number(load_fields[0]) else None,
         ncpu=int(values["ncpu"]) if values.get("ncpu", "").strip().isdigit() else None,
         env_present=values.get("env") == "yes",
+        worker=worker_config(config_text, security_text),
     )
+
+
+def probe_sections(stdout):
+    """(key=value lines, config.json text or None, masked .security.yml or None)."""
+    lines = stdout.split("\n")
+    marks = {line: i for i, line in enumerate(lines) if line in ("--- config.json", "--- security")}
+    config_at, security_at = marks.get("--- config.json"), marks.get("--- security")
+    end_of_head = min(i for i in (config_at, security_at, len(lines)) if i is not None)
+    config = "\n".join(lines[config_at + 1 : security_at]) if config_at is not None else None
+    security = "\n".join(lines[security_at + 1 :]) if security_at is not None else None
+    return "\n".join(lines[:end_of_head]), config, security
+
+
+def worker_config(config_text, security_text):
+    """The `WorkerConfig` from config.json and the masked .security.yml; None when there is no config."""
+    if config_text is None:
+        return None
+    try:
+        config = json.loads(config_text)
+        defaults = config.get("agents", {}).get("defaults", {})
+        model = defaults.get("model_name") or None
+        restrict = defaults.get("restrict_to_workspace", True) is not False
+    except (ValueError, AttributeError):
+        return WorkerConfig(problem="~/.picoclaw/config.json is not valid JSON")
+    return WorkerConfig(model, key_present(config, model, security_text), restrict)
+
+
+def key_present(config, model, security_text):
+    """Whether the selected model has an API key: .security.yml's entry wins, as in PicoClaw.
+
+    PicoClaw takes a model's keys from the ``"<model_name>:0"`` (else
+    ``"<model_name>"``) entry of .security.yml when there is one, even an
+    empty one, and from the model_list entry's ``api_keys`` otherwise. None
+    when there is no model or the files cannot be read.
+    """
+    import yaml  # only status and deploy read YAML: `fab --list` need not import it
+
+    if model is None:
+        return None
+    try:
+        entries = [m for m in config.get("model_list") or [] if m.get("model_name") == model]
+        security = yaml.safe_load(security_text) if security_text else {}
+        secured = (security or {}).get("model_list") or {}
+    except (yaml.YAMLError, AttributeError):
+        return None
+    if not entries:
+        return False
+    for name in (f"{model}:0", model):
+        if name in secured:
+            keys = secured[name]
+            return bool(keys.get("api_keys")) if isinstance(keys, dict) else None
+    return bool(entries[0].get("api_keys"))
 
 
 def _is_number(text):
@@ -144,10 +288,30 @@ def facts_details(facts, entry):
         "ncpu": facts.ncpu,
         "env": facts.env_present,
         "latency_ms": round(facts.latency_ms, 1) if facts.latency_ms is not None else None,
+        **worker_details(facts.worker),
     }
     if entry.arch and facts.arch and entry.arch != facts.arch:
         details["arch_mismatch"] = f"config says {entry.arch}, host reports {facts.machine} ({facts.arch})"
     return details
+
+
+def worker_details(worker):
+    """``model``, ``api_key`` and ``restrict_to_workspace`` for reports (None where unknown)."""
+    if worker is None:
+        return {"model": None, "api_key": None, "restrict_to_workspace": None}
+    details = {"model": worker.model, "api_key": worker.api_key, "restrict_to_workspace": worker.restrict_to_workspace}
+    if worker.problem:
+        details["config_problem"] = worker.problem
+    return details
+
+
+def sandbox_cell(restricted):
+    """``workspace`` (PicoClaw's tools confined to it), ``off``, or ``-`` when unknown."""
+    return "-" if restricted is None else ("workspace" if restricted else "off")
+
+
+def yes_no(value):
+    return "-" if value is None else ("yes" if value else "no")
 
 
 def fleet_status(config, entries, parallel=None, base_config=None):
@@ -167,12 +331,13 @@ def render_status(report):
     for host in report.hosts:
         d = host.details
         if not host.ok:
-            rows.append([host.name, host.address, host.status, "-", "-", "-", "-", "-", host.message])
+            rows.append([host.name, host.address, host.status] + ["-"] * 7 + [host.message])
             continue
         load = "-" if d["load1"] is None else f"{d['load1']:.2f}/{d['ncpu'] or '?'}"
-        note = f"arch mismatch: {d['arch_mismatch']}" if "arch_mismatch" in d else ""
+        notes = [f"arch mismatch: {d['arch_mismatch']}"] if "arch_mismatch" in d else []
+        notes += [d["config_problem"]] if "config_problem" in d else []
         latency = "-" if d["latency_ms"] is None else f"{d['latency_ms']:.0f}ms"
-        env = "yes" if d["env"] else "no"
-        rows.append([host.name, host.address, host.status, d["arch"], d["version"], load, env, latency, note])
-    headers = ["HOST", "ADDRESS", "STATUS", "ARCH", "PICOCLAW", "LOAD/CPU", ".ENV", "RTT", "NOTE"]
+        rows.append([host.name, host.address, host.status, d["arch"], d["version"], d["model"] or "-",
+                     yes_no(d["api_key"]), sandbox_cell(d["restrict_to_workspace"]), load, latency, "; ".join(notes)])
+    headers = ["HOST", "ADDRESS", "STATUS", "ARCH", "PICOCLAW", "MODEL", "KEY", "SANDBOX", "LOAD/CPU", "RTT", "NOTE"]
     return render_table(rows, headers) + "\n" + summary_line(report)

@@ -1,8 +1,9 @@
 """Showing task answers to people: one host inline, many hosts as folded blocks.
 
-One host: PicoClaw's stdout exactly as it printed it, so ``answer=$(fab
-dispatch -t ...)`` captures the answer and nothing else; when the task did not
-succeed, its stderr and what went wrong go to stderr. Many hosts: a block per
+One host: PicoClaw's answer alone (no banner, no log lines, no ``🦞 ``), so
+``answer=$(fab dispatch -t ...)`` captures the answer and nothing else; when
+the task did not succeed, its stderr and what went wrong go to stderr.
+``--raw`` shows PicoClaw's stdout exactly as it printed it instead. Many hosts: a block per
 host, headed by its name, status and duration. Hosts whose results are
 identical share one block listing them all (``clush -b`` style), because 40
 boards giving the same answer should read as one answer, not forty.
@@ -15,11 +16,18 @@ from .report import summary_line
 RULE = "----"
 
 
-def show_inline(report, out=None, err=None):
-    """Write each host's stdout untouched; on failure its stderr and status line to `err`."""
+def shown_output(host, raw=False):
+    """What a host's block shows of its run: the answer as a line, or (`raw`) PicoClaw's stdout."""
+    if raw:
+        return host.details.get("stdout", "")
+    return ensure_newline(host.details.get("answer", ""))
+
+
+def show_inline(report, out=None, err=None, raw=False):
+    """Write each host's answer (or raw stdout); on failure its stderr and status line to `err`."""
     out, err = out or sys.stdout, err or sys.stderr
     for host in report.hosts:
-        write(out, host.details.get("stdout", ""))
+        write(out, shown_output(host, raw))
         if not host.ok:
             write(err, host.details.get("stderr", ""))
             detail = f": {host.message}" if host.message else ""
@@ -33,20 +41,20 @@ def write(stream, text):
         stream.flush()
 
 
-def render_blocks(report, fold=True):
+def render_blocks(report, fold=True, raw=False):
     """The broadcast view: one block per host, or per group of identical hosts, then a summary."""
     parts = []
-    for group in answer_groups(report.hosts, fold):
+    for group in answer_groups(report.hosts, fold, raw):
         parts.append(block_header(group))
-        parts.append(block_body(group[0]))
+        parts.append(block_body(group[0], raw))
     parts.append(summary_line(report) + "\n")
     return "".join(parts)
 
 
-def answer_groups(hosts, fold=True):
+def answer_groups(hosts, fold=True, raw=False):
     """Hosts grouped by what a reader sees of them, groups in order of first appearance.
 
-    Two hosts fold together when status, message, stdout and (for a host
+    Two hosts fold together when status, message, answer and (for a host
     that did not succeed) stderr are all equal: a successful host's stderr is
     not shown, so it must not split a block either.
     """
@@ -54,14 +62,14 @@ def answer_groups(hosts, fold=True):
         return [[host] for host in hosts]
     groups = {}
     for host in hosts:
-        groups.setdefault(shown_result(host), []).append(host)
+        groups.setdefault(shown_result(host, raw), []).append(host)
     return list(groups.values())
 
 
-def shown_result(host):
+def shown_result(host, raw=False):
     """What of a host's result its block shows: the key hosts fold on."""
     stderr = "" if host.ok else host.details.get("stderr", "")
-    return host.status, host.message, host.details.get("stdout", ""), stderr
+    return host.status, host.message, shown_output(host, raw), stderr
 
 
 def block_header(group):
@@ -78,9 +86,9 @@ def duration_span(group):
     return f"{low:.2f}s" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}s"
 
 
-def block_body(host):
-    """Stdout as printed; for a host that did not succeed, its stderr and what went wrong, marked."""
-    text = ensure_newline(host.details.get("stdout", ""))
+def block_body(host, raw=False):
+    """The answer (or raw stdout); for a host that did not succeed, its stderr and what went wrong, marked."""
+    text = ensure_newline(shown_output(host, raw))
     if not host.ok:
         stderr = host.details.get("stderr", "")
         text += "".join(f"[stderr] {line}\n" for line in stderr.splitlines())

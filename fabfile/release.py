@@ -34,8 +34,12 @@ BINARY_NAME = "picoclaw"
 ARCH_WORDS = {
     "amd64": ("amd64", "x86_64", "x86-64", "x64"),
     "arm64": ("arm64", "aarch64"),
-    "riscv64": ("riscv64",),
     "armv7": ("armv7", "armv7l", "armhf"),
+    "armv6": ("armv6", "armv6l"),
+    "riscv64": ("riscv64",),
+    "loong64": ("loong64", "loongarch64"),
+    "mipsle": ("mipsle", "mipsel"),
+    "s390x": ("s390x",),
 }
 OTHER_SYSTEMS = re.compile(r"(darwin|macos|osx|windows|win64|win32|freebsd|netbsd|openbsd|android)", re.I)
 NOT_BINARIES = re.compile(

@@ -10,11 +10,9 @@ import time
 
 from . import remote_files
 from .errors import UsageError
-from .facts import BINARY_PATH, ENV_FILE
+from .facts import BINARY_PATH, ENV_FILE, PICOCLAW_DIR
 from .remote_files import RemoteFileError
 from .report import HostReport
-
-PICOCLAW_DIR = ".picoclaw"
 
 
 def teardown_host(cxn, entry, purge=False):

@@ -36,11 +36,19 @@ def connect(testbed: tb.Testbed, host: tb.SimHost, known_hosts: Path | None = No
     return build_connection(entry, defaults, keys, fabric_config())
 
 
-def set_machine(host: tb.SimHost, machine: str) -> None:
+OD_SHIM = """#!/bin/sh
+# deploy tests: the byte /bin/sh's ELF header holds at offset 5 (01 little-, 02 big-endian).
+echo ' {byte}'
+"""
+
+
+def set_machine(host: tb.SimHost, machine: str, elf_byte_order: str | None = None) -> None:
     """Make `uname -m` report `machine` on this sim host (all share one kernel).
 
     Same mechanism as Testbed.set_load: a PATH shim announced in
     ~/.ssh/environment (sshd allows PATH there). Written as the host's user.
+    `elf_byte_order` (``01``/``02``) also fakes the `od` the probe reads a
+    MIPS host's byte order with.
     """
     import os
     import pwd
@@ -49,10 +57,14 @@ def set_machine(host: tb.SimHost, machine: str) -> None:
     fakebin = host.home / ".fakebin"
     fakebin.mkdir(mode=0o755, exist_ok=True)
     os.chown(fakebin, entry.pw_uid, entry.pw_gid)
-    shim = fakebin / "uname"
-    shim.write_text(UNAME_SHIM.format(machine=machine))
-    shim.chmod(0o755)
-    os.chown(shim, entry.pw_uid, entry.pw_gid)
+    shims = {"uname": UNAME_SHIM.format(machine=machine)}
+    if elf_byte_order is not None:
+        shims["od"] = OD_SHIM.format(byte=elf_byte_order)
+    for name, text in shims.items():
+        shim = fakebin / name
+        shim.write_text(text)
+        shim.chmod(0o755)
+        os.chown(shim, entry.pw_uid, entry.pw_gid)
     environment = host.home / ".ssh" / "environment"
     environment.write_text(f"PATH={fakebin}:{tb.DEFAULT_PATH}\n")
     environment.chmod(0o600)

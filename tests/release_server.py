@@ -100,19 +100,24 @@ class ReleaseServer:
 
     # ---- publishing -----------------------------------------------------------
 
-    def publish(self, repo: str, tag: str, assets: dict, checksums: bool | dict = True, latest: bool = True,
-                digests: bool = False) -> Published:
+    def publish(self, repo: str, tag: str, assets: dict, checksums: bool | dict | bytes = True, latest: bool = True,
+                digests: bool = False, checksums_name: str = "checksums.txt") -> Published:
         """Publish release `tag` of `repo` with `assets` ({name: bytes}).
 
         checksums=True adds a goreleaser-style ``checksums.txt`` of the assets;
         a dict {name: hex} writes those lines instead (to publish a wrong one);
-        False publishes none. digests=True adds GitHub's ``digest`` field.
+        bytes are published as the file's content verbatim (a real release's
+        file); False publishes none. checksums_name names that asset (real
+        goreleaser releases use ``picoclaw_<version>_checksums.txt``).
+        digests=True adds GitHub's ``digest`` field.
         """
         files = dict(assets)
-        if checksums:
+        if isinstance(checksums, (bytes, bytearray)):
+            files[checksums_name] = bytes(checksums)
+        elif checksums:
             sums = checksums if isinstance(checksums, dict) else {
                 name: hashlib.sha256(data).hexdigest() for name, data in assets.items()}
-            files["checksums.txt"] = "".join(f"{digest}  {name}\n" for name, digest in sums.items()).encode()
+            files[checksums_name] = "".join(f"{digest}  {name}\n" for name, digest in sums.items()).encode()
         release = Published(repo, tag, files, digests)
         with self._lock:
             self._releases[(repo, tag)] = release

@@ -158,10 +158,10 @@ def test_results_come_in_input_order_with_id_host_status_duration_and_stdout(wor
     proc, data, tasks_by_id = batch_json(path, guarded_env, "--tasks-file", "-", stdin=tasks)
     assert proc.returncode == 1
     assert [t["id"] for t in data["tasks"]] == [2, 3, 4, 5]
-    assert [(t["status"], t["stdout"]) for t in data["tasks"]] == [
-        ("ok", "slow\n"), ("ok", "quick\n"), ("failed", ""), ("ok", "'q' $HOME\n"),
+    assert [(t["status"], t["answer"]) for t in data["tasks"]] == [
+        ("ok", "slow"), ("ok", "quick"), ("failed", ""), ("ok", "'q' $HOME"),
     ]
-    assert tasks_by_id[4]["stderr"] == "stand-in failure: bad\n" and tasks_by_id[4]["exit_code"] == 3
+    assert tasks_by_id[4]["stderr"] == "Error: stand-in failure: bad\n" and tasks_by_id[4]["exit_code"] == 1
     assert {t["host"] for t in data["tasks"]} <= {h.name for h in workers}
     assert all(t["duration_s"] > 0 and t["attempts"] == 1 for t in data["tasks"])
     assert tasks_by_id[2]["duration_s"] >= 1.5
@@ -173,7 +173,7 @@ def test_results_come_in_input_order_with_id_host_status_duration_and_stdout(wor
     headers = [line for line in human.stdout.splitlines() if line.startswith("---- task")]
     assert [h.split()[2] for h in headers] == ["2", "3", "4", "5"]
     assert "---- task 4 on " in human.stdout and ": failed, " in headers[2]
-    assert "[stderr] stand-in failure: bad\n" in human.stdout
+    assert "[stderr] Error: stand-in failure: bad\n" in human.stdout
     assert human.stdout.splitlines()[-1].startswith("4 tasks: 1 failed, 3 ok; 3 hosts, 3 SSH connections")
 
 
@@ -183,13 +183,13 @@ def test_every_task_runs_once_over_one_connection_and_one_probe_per_host(testbed
     tasks = "".join(f"::sleep=0.2::answer {n}\n" for n in range(12))
     proc, data, tasks_by_id = batch_json(path, guarded_env, "--tasks-file", "-", stdin=tasks)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(t["stdout"] for t in data["tasks"]) == sorted(f"answer {n}\n" for n in range(12))
+    assert sorted(t["answer"] for t in data["tasks"]) == sorted(f"answer {n}" for n in range(12))
     assert data["connections_opened"] == len(workers)
     hosts = {h["name"]: h for h in data["hosts"]}
     for host in workers:
         commands = testbed.command_log(host)[logs_before[host.name]:]
         probes = [c for c in commands if "version_rc" in c]
-        agents = [c for c in commands if "agent -m" in c]
+        agents = [c for c in commands if " agent -s agent:main:" in c]
         assert len(probes) == 1
         assert len(agents) == hosts[host.name]["tasks_run"] == sum(t["host"] == host.name for t in data["tasks"])
         assert hosts[host.name]["status"] == "ok" and hosts[host.name]["slots"] == 1
@@ -250,7 +250,7 @@ def test_retries_run_a_failed_task_again_on_another_host(testbed, fresh, fleet_c
     proc, data, tasks_by_id = batch_json(path, guarded_env, "--task", "try me", "--retries", "1")
     assert proc.returncode == 0, proc.stderr
     assert (tasks_by_id[1]["status"], tasks_by_id[1]["host"], tasks_by_id[1]["attempts"]) == ("ok", healthy.name, 2)
-    assert tasks_by_id[1]["stdout"] == "try me\n"
+    assert tasks_by_id[1]["answer"] == "try me"
 
 
 def test_retries_that_keep_failing_end_failed_after_the_last_run(testbed, fresh, fleet_config, guarded_env):
@@ -260,7 +260,7 @@ def test_retries_that_keep_failing_end_failed_after_the_last_run(testbed, fresh,
     proc, data, tasks_by_id = batch_json(path, guarded_env, "--task", "never works", "--retries", "2")
     assert proc.returncode == 1
     assert (tasks_by_id[1]["status"], tasks_by_id[1]["attempts"]) == ("failed", 3)
-    runs = {h.name: sum("agent -m" in c for c in testbed.command_log(h)[before[h.name]:]) for h in hosts}
+    runs = {h.name: sum(" agent -s agent:main:" in c for c in testbed.command_log(h)[before[h.name]:]) for h in hosts}
     assert sorted(runs.values()) == [1, 2]  # the second run went to the other host
 
 
@@ -270,14 +270,14 @@ def test_jsonl_streams_each_task_as_it_finishes(testbed, fresh, fleet_config, gu
     tasks = jsonl_file(tmp_path / "t.jsonl", [{"id": "held", "task": "::pid::still going"}, {"id": "quick", "task": "done"}])
     proc = start_batch(path, guarded_env, tasks, "--jsonl")
     first = json.loads(proc.stdout.readline())
-    assert (first["id"], first["status"], first["stdout"]) == ("quick", "ok", "done\n")
+    assert (first["id"], first["status"], first["answer"]) == ("quick", "ok", "done")
     # The line came while the other task still runs: it was streamed, not printed at the end.
     assert proc.poll() is None
     wait_until(lambda: any(agent_processes(testbed, h) for h in hosts), "the held task to be running")
     out, err = interrupt(proc)
     lines = [json.loads(line) for line in out.splitlines()]
     assert [(t["id"], t["status"]) for t in lines] == [("held", "interrupted")]
-    assert lines[0]["stdout"].endswith("\nstill going\n")
+    assert lines[0]["answer"].endswith("\nstill going")
     assert "2 tasks: 1 interrupted, 1 ok" in err
     assert proc.returncode == 1
     no_task_left_running(testbed, hosts)

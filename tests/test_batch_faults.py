@@ -63,7 +63,7 @@ def test_a_host_that_dies_mid_run_loses_its_running_task_and_the_rest_finish_els
     assert "connection dropped" in lost[0]["message"]
     others = [t for t in data["tasks"] if t["status"] != "lost"]
     assert {t["status"] for t in others} == {"ok"}
-    assert all(t["stdout"] == f"answer {t['id'][1:]}\n" for t in others)
+    assert all(t["answer"] == f"answer {t['id'][1:]}" for t in others)
     # The victim ran nothing after the task it lost; everything after that went to the survivor.
     victim_runs = [t for t in data["tasks"] if t["host"] == victim.name]
     assert lost[0] in victim_runs and all(t["status"] == "ok" for t in victim_runs if t is not lost[0])
@@ -112,7 +112,7 @@ def test_tasks_pinned_to_an_unreachable_host_end_with_its_status_and_never_run_e
     assert proc.returncode == 1
     for task_id in ("pin-a", "pin-b"):
         task = tasks_by_id[task_id]
-        assert (task["status"], task["host"], task["attempts"], task["stdout"]) == ("unreachable", "dead", 0, "")
+        assert (task["status"], task["host"], task["attempts"], task["answer"]) == ("unreachable", "dead", 0, "")
         assert task["message"].startswith("pinned to dead, which is unreachable: connection refused")
     assert (tasks_by_id["free"]["status"], tasks_by_id["live"]["status"]) == ("ok", "ok")
     assert tasks_by_id["live"]["host"] == hosts[0].name
@@ -127,7 +127,7 @@ def test_more_slots_than_tasks_runs_each_task_once(testbed, fleet_config, guarde
     assert proc.returncode == 0, proc.stderr
     assert data["summary"] == {"ok": 2}
     assert [t["attempts"] for t in data["tasks"]] == [1, 1]
-    runs = sum("agent -m" in c for h in hosts for c in testbed.command_log(h)[before[h.name]:])
+    runs = sum(" agent -s agent:main:" in c for h in hosts for c in testbed.command_log(h)[before[h.name]:])
     assert runs == 2
     assert data["connections_opened"] == 3
 
@@ -141,7 +141,7 @@ def test_one_task_timing_out_among_many(testbed, fleet_config, guarded_env, tmp_
     assert proc.returncode == 1
     assert data["summary"] == {"ok": 8, "timeout": 1}
     slow = tasks_by_id["slow"]
-    assert (slow["status"], slow["stdout"], slow["attempts"]) == ("timeout", "", 1)
+    assert (slow["status"], slow["answer"], slow["attempts"]) == ("timeout", "", 1)
     assert "stopped after 1s" in slow["message"]
     assert [t["id"] for t in data["tasks"]] == [0, 1, 2, "slow", 3, 4, 5, 6, 7]
     no_task_left_running(testbed, hosts)
@@ -191,7 +191,7 @@ def test_max_tasks_above_the_hosts_max_sessions_runs_fewer_at_once_and_says_so(t
     finally:
         server.stop()
     assert proc.returncode == 0, proc.stdout
-    assert [t["stdout"] for t in data["tasks"]] == [f"answer {n}\n" for n in range(4)]
+    assert [t["answer"] for t in data["tasks"]] == [f"answer {n}" for n in range(4)]
     [report] = data["hosts"]
     assert report["status"] == "ok" and report["tasks_run"] == 4 and 1 <= report["slots"] < 3
     assert "keep max_tasks below its sshd MaxSessions" in report["message"]
@@ -205,7 +205,7 @@ def test_ctrl_c_stops_handing_out_stops_the_running_tasks_and_reports_everything
     items = [{"id": "fast", "task": "finished before the interrupt"}]
     items += [{"id": f"hang{n}", "task": f"::pid::hanging {n}"} for n in range(5)]
     proc = start_batch(path, guarded_env, jsonl_file(tmp_path / "t.jsonl", items), "--json")
-    hanging = lambda host: testbed.processes(host, "^python3 .*picoclaw agent -m ::pid::")  # noqa: E731
+    hanging = lambda host: testbed.processes(host, "^python3 .*picoclaw agent -s [^ ]* -m ::pid::")  # noqa: E731
     wait_until(lambda: all(hanging(h) for h in hosts), "a hanging task to run on each host")
     out, err = interrupt(proc)
     assert proc.returncode == 1
@@ -219,9 +219,9 @@ def test_ctrl_c_stops_handing_out_stops_the_running_tasks_and_reports_everything
             assert task["host"] in {h.name for h in hosts}
             # What it printed so far: the stand-in's pid line and its text, or a prefix of them when
             # Ctrl-C came between the process starting (what the test waits for) and its output arriving.
-            pid, _, rest = task["stdout"].partition("\n")
-            assert pid.isdigit() or task["stdout"] == "", task["stdout"]
-            assert f"{task['id'].replace('hang', 'hanging ')}\n".startswith(rest), task["stdout"]
+            pid, _, rest = task["answer"].partition("\n")
+            assert pid.isdigit() or task["answer"] == "", task["answer"]
+            assert task["id"].replace("hang", "hanging ").startswith(rest), task["answer"]
             assert task["message"] == "stopped by Ctrl-C while it ran"
         if task["status"] == "not-run":
             assert (task["host"], task["attempts"], task["message"]) == (None, 0, "interrupted before it started")

@@ -115,7 +115,7 @@ def test_schema_violation_reports_json_path(tmp_path):
     path = write_json(tmp_path / "fleet.json", minimal(hosts))
     with pytest.raises(UsageError) as caught:
         load_config(str(path))
-    assert "hosts[2].arch: 'x86' is not one of ['amd64', 'arm64', 'riscv64', 'armv7']" in str(caught.value)
+    assert "hosts[2].arch: 'x86' is not one of ['amd64', 'arm64', 'armv7', 'armv6', 'riscv64', 'loong64', 'mipsle', 's390x']" in str(caught.value)
 
 
 def test_every_violation_is_listed(tmp_path):
@@ -186,7 +186,7 @@ def test_defaults_fill_in(tmp_path):
     assert fleet.defaults.connect_timeout == 10
     assert fleet.defaults.parallel == 32
     assert fleet.defaults.host_key_policy == "accept-new"
-    assert fleet.defaults.release_repo == "EricGrill/picoclaw"
+    assert fleet.defaults.release_repo == "sipeed/picoclaw"
     assert fleet.hosts[0].port is None and fleet.hosts[0].max_tasks == 1
 
 
@@ -243,3 +243,65 @@ def test_cli_unknown_host_is_exit_2(tmp_path, guarded_env):
     assert result.returncode == 2
     assert result.stdout == ""
     assert "unknown host 'nope'" in result.stderr
+
+
+# --- the PicoClaw model: defaults.model / api_base / restrict_to_workspace, per host too -------
+
+
+def test_model_defaults_to_the_providers_picoclaw_default(tmp_path):
+    from fabfile.config import model_choice
+
+    fleet = load_config(str(write_json(tmp_path / "fleet.json", minimal())))
+    choice = model_choice(fleet.defaults, fleet.hosts[0])
+    assert (choice.name, choice.provider, choice.model_id, choice.api_base) == (
+        "claude-sonnet-4.6", "anthropic", "claude-sonnet-4-6", None)
+    assert choice.restrict_to_workspace is True
+    assert model_choice(fleet.defaults, fleet.hosts[0], "openai").name == "gpt-5.4"
+
+
+def test_host_overrides_model_api_base_and_sandbox(tmp_path):
+    from fabfile.config import model_choice
+
+    hosts = [{"name": "pi-1", "host": "127.0.0.1", "user": "pi"},
+             {"name": "lan", "host": "127.0.0.1", "user": "pi", "model": "qwen3-local",
+              "api_base": "http://127.0.0.1:8000/v1", "restrict_to_workspace": False}]
+    data = minimal(hosts, model="gpt-5.4", provider="openai", api_base="https://proxy.example/v1")
+    fleet = load_config(str(write_json(tmp_path / "fleet.json", data)))
+    first, lan = (model_choice(fleet.defaults, h) for h in fleet.hosts)
+    assert (first.name, first.api_base, first.restrict_to_workspace) == ("gpt-5.4", "https://proxy.example/v1", True)
+    assert (lan.name, lan.model_id, lan.api_base, lan.restrict_to_workspace) == (
+        "qwen3-local", "qwen3-local", "http://127.0.0.1:8000/v1", False)
+
+
+def test_unknown_provider_without_model_is_a_usage_error(tmp_path):
+    from fabfile.config import model_choice
+
+    fleet = load_config(str(write_json(tmp_path / "fleet.json", minimal(provider="acme"))))
+    with pytest.raises(UsageError, match="set defaults.model"):
+        model_choice(fleet.defaults, fleet.hosts[0])
+
+
+@pytest.mark.parametrize(
+    "defaults, expected",
+    [
+        ({"model": 7}, "defaults.model: 7 is not of type 'string'"),
+        ({"model": "has space"}, "defaults.model: 'has space' does not match"),
+        ({"api_base": "ftp://x/v1"}, "defaults.api_base: 'ftp://x/v1' does not match"),
+        ({"api_base": "http://"}, "defaults.api_base: 'http://' is not an http(s) URL"),
+        ({"api_base": "http://user:pw@host/v1"}, "is not an http(s) URL"),
+        ({"api_base": "http://host:notaport/v1"}, "is not an http(s) URL"),
+        ({"restrict_to_workspace": "no"}, "defaults.restrict_to_workspace: 'no' is not of type 'boolean'"),
+    ],
+)
+def test_bad_model_settings_exit_2_before_any_host(tmp_path, guarded_env, defaults, expected):
+    path = write_json(tmp_path / "fleet.json", minimal(**defaults))
+    result = run_fab(["status", "--config", str(path)], guarded_env)
+    assert result.returncode == 2
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_bad_host_api_base_names_the_host(tmp_path):
+    hosts = [{"name": "pi-1", "host": "127.0.0.1", "user": "pi", "api_base": "localhost:8000"}]
+    with pytest.raises(UsageError, match=r"hosts\[0\].api_base"):
+        load_config(str(write_json(tmp_path / "fleet.json", minimal(hosts))))

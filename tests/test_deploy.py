@@ -5,6 +5,7 @@ leaks between tests or into other engineers' tests sharing the sshd.
 """
 
 import hashlib
+import json
 import stat
 import subprocess
 import threading
@@ -31,6 +32,8 @@ from tests.deploy_support import (
 from tests.release_server import ReleaseServer
 from tests.testbed import build_standin, standin_archive
 
+import yaml
+
 ARCHES = {"x86_64": "amd64", "arm64": "arm64", "riscv64": "riscv64", "armv7": "armv7"}
 
 
@@ -48,6 +51,35 @@ def mode_of(path):
 
 def run_installed(testbed, host, args="version"):
     return testbed.run_as(host, f"$HOME/.local/bin/picoclaw {args}")
+
+
+def installed_version(testbed, host):
+    """What the installed binary says its version is (the line after its banner)."""
+    from fabfile.facts import parse_version
+
+    return parse_version(run_installed(testbed, host).stdout)
+
+
+def put_file(host, path, text):
+    """Write a file in the sim host's home as its user would (0600, directories 0700)."""
+    import os
+    import pwd
+
+    owner = pwd.getpwnam(host.user)
+    target = host.home / path
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(target.parent, owner.pw_uid, owner.pw_gid)
+    target.write_text(text)
+    target.chmod(0o600)
+    os.chown(target, owner.pw_uid, owner.pw_gid)
+
+
+def picoclaw_config(host):
+    return json.loads((host.home / ".picoclaw" / "config.json").read_text())
+
+
+def security(host):
+    return yaml.safe_load((host.home / ".picoclaw" / ".security.yml").read_text())
 
 
 @pytest.fixture
@@ -106,13 +138,19 @@ def test_first_deploy_installs_binary_env_and_onboards(testbed, server, config, 
     for host in hosts:
         h = by_name[host.name]
         assert (h["status"], h["binary"], h["version"], h["env"], h["onboard"]) == ("ok", "installed", "0.2.0", "written", "ran")
-        assert h["arch"] == "amd64" and h["uploaded_bytes"] == len(expected)
+        assert (h["model"], h["model_name"], h["restrict_to_workspace"]) == ("configured", "claude-sonnet-4.6", True)
+        written = [".picoclaw/.env", ".picoclaw/config.json", ".picoclaw/.security.yml"]
+        assert h["arch"] == "amd64"
+        assert h["uploaded_bytes"] == len(expected) + sum((host.home / f).stat().st_size for f in written)
         binary = installed_binary(host)
         assert binary.read_bytes() == expected and mode_of(binary) == 0o755
         assert binary.stat().st_uid == host.home.stat().st_uid
         assert mode_of(host.home / ".picoclaw") == 0o700 and mode_of(env_file(host)) == 0o600
-        assert (host.home / ".picoclaw" / "config.json").exists()
-        assert run_installed(testbed, host).stdout.startswith("\U0001f99e picoclaw v0.2.0")
+        assert picoclaw_config(host)["agents"]["defaults"]["model_name"] == "claude-sonnet-4.6"
+        assert security(host)["model_list"]["claude-sonnet-4.6:0"] == {"api_keys": [API_KEY]}
+        assert mode_of(host.home / ".picoclaw" / ".security.yml") == 0o600
+        assert mode_of(host.home / ".picoclaw" / "config.json") == 0o600
+        assert installed_version(testbed, host) == "0.2.0"
         assert sorted(p.name for p in binary.parent.iterdir()) == ["picoclaw"]  # no temp file left
     assert data["release"] == {"repo": RELEASE_REPO, "tag": "v0.2.0", "version": "0.2.0"}
     assert data["summary"] == {"ok": 2}
@@ -122,17 +160,17 @@ def test_first_deploy_installs_binary_env_and_onboards(testbed, server, config, 
     no_secret_anywhere(testbed, hosts, result.stdout, result.stderr)
 
 
-def test_env_file_content_and_it_loads_into_picoclaw(testbed, config, env):
+def test_picoclaw_finds_model_and_key_without_any_environment(testbed, config, env):
+    """PicoClaw reads no key from the environment: the files alone must make it work."""
     (host,) = testbed.add_hosts(1, prefix="dp")
     result, _, _ = deploy(config([host]), env)
     assert result.returncode == 0, result.stderr
     lines = env_file(host).read_text().splitlines()
-    assert "PROVIDER=anthropic" in lines
-    assert f"ANTHROPIC_API_KEY={API_KEY}" in lines
-    assert f"PICOCLAW_PROVIDERS_ANTHROPIC_API_KEY={API_KEY}" in lines
-    loaded = testbed.run_as(host, "set -a; . ~/.picoclaw/.env; set +a; ~/.local/bin/picoclaw agent -m '::env::'")
-    assert loaded.returncode == 0, loaded.stderr
-    assert "PROVIDER=anthropic" in loaded.stdout and "PICOCLAW_PROVIDERS_ANTHROPIC_API_KEY=set" in loaded.stdout
+    assert "PROVIDER=anthropic" in lines and f"ANTHROPIC_API_KEY={API_KEY}" in lines  # the seed's contract
+    assert not [line for line in lines if line.startswith("PICOCLAW_")]  # PicoClaw ignores these
+    ran = testbed.run_as(host, "env -i HOME=$HOME PATH=/usr/bin:/bin ~/.local/bin/picoclaw agent -m '::env::'")
+    assert ran.returncode == 0, ran.stderr
+    assert "model=claude-sonnet-4.6" in ran.stdout and "key=set" in ran.stdout
 
 
 def test_provider_and_key_variable_come_from_the_environment(testbed, config, env):
@@ -142,22 +180,29 @@ def test_provider_and_key_variable_come_from_the_environment(testbed, config, en
     result, _, by_name = deploy(config([host]), env)
     assert result.returncode == 0, result.stderr
     lines = env_file(host).read_text().splitlines()
-    assert {"PROVIDER=openai", "OPENAI_API_KEY=sk-openai-xyz", "PICOCLAW_PROVIDERS_OPENAI_API_KEY=sk-openai-xyz"} <= set(lines)
+    assert {"PROVIDER=openai", "OPENAI_API_KEY=sk-openai-xyz"} <= set(lines)
     assert not any("ANTHROPIC" in line for line in lines)
+    assert by_name[host.name]["model_name"] == "gpt-5.4"  # PicoClaw's default for openai
+    assert picoclaw_config(host)["agents"]["defaults"]["model_name"] == "gpt-5.4"
+    assert security(host)["model_list"]["gpt-5.4:0"] == {"api_keys": ["sk-openai-xyz"]}
 
 
 def test_redeploy_uploads_nothing_and_downloads_nothing(testbed, server, config, env):
     hosts = testbed.add_hosts(2, prefix="dp")
     path = config(hosts)
     assert deploy(path, env)[0].returncode == 0
-    before = {h.name: (installed_binary(h).stat().st_ino, env_file(h).stat().st_ino) for h in hosts}
+    files = [".local/bin/picoclaw", ".picoclaw/.env", ".picoclaw/config.json", ".picoclaw/.security.yml"]
+    before = {h.name: [(h.home / f).stat().st_ino for f in files] + [(h.home / f).stat().st_mtime_ns for f in files]
+              for h in hosts}
     result, data, by_name = deploy(path, env)
     assert result.returncode == 0, result.stderr
     for host in hosts:
         h = by_name[host.name]
-        assert (h["binary"], h["env"], h["onboard"], h["uploaded_bytes"]) == ("unchanged", "unchanged", "skipped", 0)
+        assert (h["binary"], h["env"], h["onboard"], h["model"], h["uploaded_bytes"]) == (
+            "unchanged", "unchanged", "skipped", "unchanged", 0)
         assert h["version"] == "0.2.0"
-        assert (installed_binary(host).stat().st_ino, env_file(host).stat().st_ino) == before[host.name]
+        now = [(host.home / f).stat().st_ino for f in files] + [(host.home / f).stat().st_mtime_ns for f in files]
+        assert now == before[host.name]
     assert data["uploaded_bytes"] == 0
     assert len(server.downloads("picoclaw_Linux_x86_64.tar.gz")) == 1  # the second run used the cache
 
@@ -186,7 +231,7 @@ def test_upgrade_and_downgrade_report_old_and_new_versions(testbed, server, conf
     assert data["release"]["tag"] == "v0.1.0"
     assert (by_name[host.name]["binary"], by_name[host.name]["previous_version"], by_name[host.name]["version"]) == (
         "downgraded", "0.2.0", "0.1.0")
-    assert run_installed(testbed, host).stdout.startswith("\U0001f99e picoclaw v0.1.0")
+    assert installed_version(testbed, host) == "0.1.0"
 
 
 def test_github_token_is_sent_and_never_shown(testbed, server, config, env):
@@ -200,13 +245,16 @@ def test_github_token_is_sent_and_never_shown(testbed, server, config, env):
 # ---- onboard ----------------------------------------------------------------------------------
 
 
-def test_onboard_skipped_and_user_config_untouched_when_config_exists(testbed, config, env):
+def test_onboard_skipped_and_user_settings_kept_when_config_exists(testbed, config, env):
     (host,) = testbed.add_hosts(1, prefix="dp")
-    testbed.run_as(host, "mkdir -p ~/.picoclaw && echo '{\"mine\": true}' > ~/.picoclaw/config.json")
+    testbed.run_as(host, "mkdir -p ~/.picoclaw && echo '{\"mine\": true, \"version\": 3}' > ~/.picoclaw/config.json")
     result, _, by_name = deploy(config([host]), env)
-    assert result.returncode == 0
+    assert result.returncode == 0, result.stderr
     assert by_name[host.name]["onboard"] == "skipped"
-    assert (host.home / ".picoclaw" / "config.json").read_text() == '{"mine": true}\n'
+    merged = picoclaw_config(host)
+    assert merged["mine"] is True and merged["agents"]["defaults"]["model_name"] == "claude-sonnet-4.6"
+    assert merged["model_list"] == [{"model_name": "claude-sonnet-4.6", "provider": "anthropic",
+                                     "model": "claude-sonnet-4-6"}]
     assert not [c for c in testbed.command_log(host) if "onboard" in c]
 
 
@@ -291,7 +339,7 @@ def test_unwritable_bin_dir_fails_that_host_only(testbed, config, env):
     assert by_name[good.name]["status"] == "ok"
     assert by_name[bad.name]["status"] == "failed"
     assert by_name[bad.name]["message"] == "cannot write ~/.local/bin/picoclaw: permission denied"
-    assert run_installed(testbed, bad).stdout.startswith("\U0001f99e picoclaw v0.1.0")
+    assert installed_version(testbed, bad) == "0.1.0"
 
 
 def test_upload_cut_part_way_leaves_old_binary_working(testbed, config, env, tmp_path):
@@ -316,7 +364,7 @@ def test_upload_cut_part_way_leaves_old_binary_working(testbed, config, env, tmp
     assert proc.returncode == 1, err
     assert partial.stat().st_size < big.stat().st_size  # it really was cut part-way
     assert installed_binary(host).read_bytes() == old
-    assert run_installed(testbed, host).stdout.startswith("\U0001f99e picoclaw v0.1.0")
+    assert installed_version(testbed, host) == "0.1.0"
     assert '"status": "unreachable"' in out
     # and the next deploy finishes the job
     result, _, by_name = deploy(path, env)
@@ -366,7 +414,7 @@ def test_checksum_mismatch_fails_every_host_of_that_arch(testbed, server, config
 def test_each_host_gets_its_arch_and_a_missing_asset_fails_only_that_arch(testbed, server, config, env):
     amd, arm, mips = testbed.add_hosts(3, prefix="dp")
     set_machine(arm, "aarch64")
-    set_machine(mips, "mips")
+    set_machine(mips, "mips", elf_byte_order="02")  # big-endian MIPS: upstream builds only mipsle
     server.publish(RELEASE_REPO, "v0.3.0", {"picoclaw_Linux_arm64.tar.gz": standin_archive("0.3.0", "Linux_arm64"),
                                             "picoclaw_Darwin_x86_64.tar.gz": b"not for linux"})
     result, _, by_name = deploy(config([amd, arm, mips]), env)
@@ -380,6 +428,25 @@ def test_each_host_gets_its_arch_and_a_missing_asset_fails_only_that_arch(testbe
     for name in ("picoclaw_Linux_arm64.tar.gz", "picoclaw_Darwin_x86_64.tar.gz", "checksums.txt"):
         assert name in by_name[amd.name]["message"]
     assert by_name[mips.name]["status"] == "unsupported-arch" and "mips" in by_name[mips.name]["message"]
+
+
+def test_every_upstream_linux_build_reaches_its_board(testbed, server, config, env):
+    """armv6 (Pi Zero), loong64, little-endian MIPS and s390x get their own archive, named as upstream does."""
+    machines = {"armv6l": ("armv6", None), "loongarch64": ("loong64", None), "mips": ("mipsle", "01"),
+                "s390x": ("s390x", None)}
+    hosts = testbed.add_hosts(len(machines), prefix="dp")
+    for host, (machine, (_, byte_order)) in zip(hosts, machines.items()):
+        set_machine(host, machine, elf_byte_order=byte_order)
+    names = ["x86_64", "arm64", "armv7", "armv6", "riscv64", "loong64", "mipsle", "s390x"]
+    server.publish(RELEASE_REPO, "v0.4.0", {f"picoclaw_Linux_{name}.tar.gz": standin_archive("0.4.0", f"Linux_{name}")
+                                            for name in names})
+    result, _, by_name = deploy(config(hosts), env)
+    assert result.returncode == 0, result.stderr
+    for host, (arch, _) in zip(hosts, machines.values()):
+        assert (by_name[host.name]["status"], by_name[host.name]["arch"]) == ("ok", arch)
+        assert len(server.downloads(f"picoclaw_Linux_{arch}.tar.gz")) == 1
+    for name in ("x86_64", "arm64", "armv7", "riscv64"):
+        assert server.downloads(f"picoclaw_Linux_{name}.tar.gz") == []
 
 
 def per_arch_raw_binaries(tmp_path):
@@ -458,7 +525,7 @@ def test_from_file_binary_that_does_not_run_leaves_old_binary(testbed, config, e
     assert result.returncode == 1
     assert by_name[host.name]["status"] == "failed"
     assert "does not run on this host" in by_name[host.name]["message"]
-    assert run_installed(testbed, host).stdout.startswith("\U0001f99e picoclaw v0.1.0")
+    assert installed_version(testbed, host) == "0.1.0"
     assert sorted(p.name for p in installed_binary(host).parent.iterdir()) == ["picoclaw"]
 
 
@@ -486,4 +553,85 @@ def test_deploy_host_through_fan_out_with_a_shared_plan(testbed, server):
     reports = fan_out(entries, lambda cxn, entry: deploy_host(cxn, entry, plan), defaults)
     assert [r.status for r in reports] == ["ok", "ok"]
     assert [r.details["binary"] for r in reports] == ["installed", "installed"]
-    assert plan.uploaded.total == sum(r.details["uploaded_bytes"] for r in reports) + 2 * len(plan.env_text)
+    assert plan.uploaded.total == sum(r.details["uploaded_bytes"] for r in reports)  # binary, .env, config files
+
+
+# ---- the model and the key, merged into PicoClaw's own files ----------------------------------------
+
+
+def test_users_own_settings_and_keys_are_kept_and_api_base_is_set(testbed, config, env):
+    (host,) = testbed.add_hosts(1, prefix="dp")
+    mine = {
+        "version": 3,
+        "agents": {"defaults": {"model_name": "", "max_tokens": 1234}},
+        "model_list": [
+            {"model_name": "claude-sonnet-4.6", "provider": "anthropic", "model": "claude-sonnet-4-6",
+             "api_base": "https://api.anthropic.com/v1", "request_timeout": 90},
+            {"model_name": "local", "provider": "vllm", "model": "qwen3", "api_base": "http://127.0.0.1:8000/v1"},
+        ],
+        "channels": {"telegram": {"enabled": True}},
+    }
+    theirs = "channel_list:\n  telegram:\n    token: tg-user-token\nmodel_list:\n  local:0:\n    api_keys: [sk-local]\n"
+    put_file(host, ".picoclaw/config.json", json.dumps(mine))
+    put_file(host, ".picoclaw/.security.yml", theirs)
+    result, _, by_name = deploy(config([host], api_base="http://127.0.0.1:9/v1"), env)
+    assert result.returncode == 0, result.stderr
+    assert by_name[host.name]["model"] == "configured"
+    merged = picoclaw_config(host)
+    assert merged["agents"]["defaults"] == {"model_name": "claude-sonnet-4.6", "max_tokens": 1234,
+                                            "restrict_to_workspace": True}
+    assert merged["model_list"][0] == {**mine["model_list"][0], "api_base": "http://127.0.0.1:9/v1"}
+    assert merged["model_list"][1] == mine["model_list"][1] and merged["channels"] == mine["channels"]
+    keys = security(host)
+    assert keys["channel_list"] == {"telegram": {"token": "tg-user-token"}}
+    assert keys["model_list"] == {"local:0": {"api_keys": ["sk-local"]}, "claude-sonnet-4.6:0": {"api_keys": [API_KEY]}}
+
+
+def test_host_model_and_sandbox_override_the_fleets(testbed, config, env):
+    lan, plain = testbed.add_hosts(2, prefix="dp")
+    extra = dict(model="qwen3-local", api_base="http://127.0.0.1:8000/v1", restrict_to_workspace=False)
+    path = config([lan, plain])
+    data = json.loads(path.read_text())
+    data["hosts"][0].update(extra)
+    path.write_text(json.dumps(data))
+    result, _, by_name = deploy(path, env)
+    assert result.returncode == 0, result.stderr
+    assert by_name[lan.name]["model_name"] == "qwen3-local" and by_name[plain.name]["model_name"] == "claude-sonnet-4.6"
+    defaults = picoclaw_config(lan)["agents"]["defaults"]
+    assert (defaults["model_name"], defaults["restrict_to_workspace"]) == ("qwen3-local", False)
+    entry = [m for m in picoclaw_config(lan)["model_list"] if m["model_name"] == "qwen3-local"]
+    assert entry == [{"model_name": "qwen3-local", "provider": "anthropic", "model": "qwen3-local",
+                      "api_base": "http://127.0.0.1:8000/v1"}]
+    assert picoclaw_config(plain)["agents"]["defaults"]["restrict_to_workspace"] is True
+    status = fab_json(["status", "--config", path], env)[2]
+    assert (status[lan.name]["model"], status[lan.name]["api_key"], status[lan.name]["restrict_to_workspace"]) == (
+        "qwen3-local", True, False)
+    assert (status[plain.name]["model"], status[plain.name]["restrict_to_workspace"]) == ("claude-sonnet-4.6", True)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "~/.picoclaw/config.json is not valid JSON (line 1, column 2"),
+        ('{"version": 1, "providers": {}}', "~/.picoclaw/config.json is config version 1"),
+        ("[1, 2]", "~/.picoclaw/config.json does not hold a JSON object"),
+    ],
+)
+def test_a_config_deploy_cannot_read_is_left_alone(testbed, config, env, content, message):
+    (host,) = testbed.add_hosts(1, prefix="dp")
+    testbed.run_as(host, f"mkdir -p ~/.picoclaw && printf '%s' '{content}' > ~/.picoclaw/config.json")
+    result, _, by_name = deploy(config([host]), env)
+    assert result.returncode == 1
+    assert by_name[host.name]["status"] == "failed"
+    assert by_name[host.name]["message"].startswith(message)
+    assert (host.home / ".picoclaw" / "config.json").read_text() == content
+
+
+def test_broken_security_file_is_reported_without_quoting_it(testbed, config, env):
+    (host,) = testbed.add_hosts(1, prefix="dp")
+    deploy(config([host]), env)
+    (host.home / ".picoclaw" / ".security.yml").write_text("model_list: [sk-leaky-secret\n")
+    result, _, by_name = deploy(config([host]), env)
+    assert by_name[host.name]["status"] == "failed"
+    assert "~/.picoclaw/.security.yml is not valid YAML at line" in by_name[host.name]["message"]
+    assert "sk-leaky-secret" not in result.stdout + result.stderr

@@ -8,6 +8,7 @@ PicoClaw left running" means exactly that.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -121,12 +122,14 @@ def test_injection_corpus_arrives_verbatim_and_never_on_a_command_line(testbed, 
     try:
         for text in INJECTION_CORPUS:
             result = run_agent(cxn, task_bytes(text), 30)
-            assert (result.status, result.stdout, result.stderr) == ("ok", text + "\n", ""), repr(text)
+            assert (result.status, result.answer, result.stderr) == ("ok", text, ""), repr(text)
     finally:
         cxn.close()
     assert not os.path.exists("/tmp/pwned-by-dispatch")
     commands = testbed.command_log(host)[before:]
-    assert commands == [remote_command(30)] * len(INJECTION_CORPUS)
+    task_ids = [re.search(r"fleet-([0-9a-f]{12})\.log", command).group(1) for command in commands]
+    assert len(set(task_ids)) == len(INJECTION_CORPUS)  # a session of its own for each task
+    assert commands == [remote_command(30, task_id=task_id) for task_id in task_ids]
 
 
 @pytest.mark.parametrize(
@@ -145,7 +148,7 @@ def test_long_tasks_arrive_verbatim(testbed, workers, text):
     finally:
         cxn.close()
     assert result.status == "ok", result.stderr
-    assert result.stdout == text + "\n"
+    assert result.answer == text
 
 
 def test_one_host_prints_only_the_answer(workers, fleet_config, guarded_env):
@@ -179,13 +182,13 @@ def test_task_over_the_argument_limit_is_refused_before_connecting(testbed, work
             listener.accept()  # nobody ever connected
 
 
-def test_env_file_is_loaded_and_the_key_stays_in_it(testbed, fresh, fleet_config, guarded_env):
+def test_env_file_is_not_loaded_into_picoclaw(testbed, fresh, fleet_config, guarded_env):
+    """PicoClaw takes its key from .security.yml: the agent's tools must not find one in their environment."""
     [host] = fresh()
-    testbed.run_as(host, f"mkdir -p ~/.picoclaw && printf \"PROVIDER=groq\\nGROQ_API_KEY='{API_KEY}'\\n"
-                         f"PICOCLAW_AGENTS_DEFAULTS_PROVIDER=groq\\n\" > ~/.picoclaw/.env")
+    testbed.run_as(host, f"printf \"PROVIDER=groq\\nGROQ_API_KEY='{API_KEY}'\\n\" > ~/.picoclaw/.env")
     result, data, hosts = dispatch_json(fleet_config(hosts=[host]), guarded_env, "--host", host.name, "-t", "::env::")
-    assert result.returncode == 0
-    assert hosts[host.name]["stdout"] == "PROVIDER=groq\nGROQ_API_KEY=set\n"
+    assert result.returncode == 0, result.stderr
+    assert hosts[host.name]["answer"] == "model=claude-sonnet-4.6\nkey=set\nrestrict_to_workspace=true"
     assert API_KEY not in "".join(testbed.command_log(host)) + result.stdout + result.stderr
 
 
@@ -204,8 +207,8 @@ def test_failed_task_shows_its_stderr_and_exits_1(workers, fleet_config, guarded
     result = dispatch(fleet_config(hosts=workers), guarded_env, "--host", workers[0].name, "-t", "::fail::no quota")
     assert result.returncode == 1
     assert result.stdout == ""
-    assert "stand-in failure: no quota\n" in result.stderr
-    assert f"{workers[0].name}: failed: PicoClaw exited with status 3" in result.stderr
+    assert "Error: stand-in failure: no quota\n" in result.stderr
+    assert f"{workers[0].name}: failed: PicoClaw exited with status 1" in result.stderr
 
 
 def test_timeout_keeps_partial_output_and_leaves_no_process(testbed, fresh, fleet_config, guarded_env):
@@ -215,8 +218,8 @@ def test_timeout_keeps_partial_output_and_leaves_no_process(testbed, fresh, flee
     assert result.returncode == 1
     answer = hosts[host.name]
     assert (answer["status"], answer["exit_code"]) == ("timeout", 124)
-    pid, rest = answer["stdout"].split("\n", 1)
-    assert rest == "partial answer\n"
+    pid, rest = answer["answer"].split("\n", 1)
+    assert rest == "partial answer"
     assert answer["duration_s"] >= 1
     wait_until(lambda: not agent_processes(testbed, host), "PicoClaw to be gone")
     assert not os.path.exists(f"/proc/{int(pid)}")
@@ -247,7 +250,7 @@ def test_host_that_cannot_stop_the_task_times_out_on_our_side(testbed, fresh, mo
     finally:
         cxn.close()
         testbed.cut(host)  # nothing on the host enforced the limit: clean up behind it
-    assert (result.status, result.stdout, result.exit_code) == ("timeout", "so far\n", None)
+    assert (result.status, result.answer, result.exit_code) == ("timeout", "so far", None)
     assert "the host did not stop it" in result.message
 
 
@@ -285,8 +288,9 @@ def test_broadcast_with_faulty_hosts_rest_succeed_exit_1(testbed, workers, fresh
     assert data["summary"] == {"ok": 3, "not-installed": 1, "unreachable": 1}
     for worker in workers:
         answer = hosts[worker.name]
-        assert {k: answer[k] for k in ("status", "stdout", "stderr", "exit_code")} == {
-            "status": "ok", "stdout": "same 'answer'\n", "stderr": "", "exit_code": 0}
+        assert {k: answer[k] for k in ("status", "answer", "stderr", "exit_code")} == {
+            "status": "ok", "answer": "same 'answer'", "stderr": "", "exit_code": 0}
+        assert answer["stdout"].endswith("\n\U0001f99e same 'answer'\n")  # PicoClaw's own, banner first
         assert answer["duration_s"] > 0
     assert hosts[bare.name]["status"] == "not-installed"
     assert hosts[bare.name]["exit_code"] == 127
@@ -321,7 +325,7 @@ def test_broadcast_timeouts_leave_no_process_anywhere(testbed, fresh, fleet_conf
                                           "-t", "::hang::half done", "--timeout", "1")
     assert result.returncode == 1
     assert data["summary"] == {"timeout": 3}
-    assert {a["stdout"] for a in answers.values()} == {"half done\n"}
+    assert {a["answer"] for a in answers.values()} == {"half done"}
     for host in hosts:
         wait_until(lambda: not agent_processes(testbed, host), f"PicoClaw to be gone from {host.name}")
 
@@ -343,7 +347,7 @@ def test_selection_picks_the_least_loaded_host_with_picoclaw(testbed, fresh, fle
     result, data, hosts = dispatch_json(path, guarded_env, "-t", "where am I?")
     assert result.returncode == 0, result.stderr
     assert list(hosts) == [idle.name]
-    assert hosts[idle.name]["stdout"] == "where am I?\n"
+    assert hosts[idle.name]["answer"] == "where am I?"
     assert data["selected"]["host"] == idle.name
     assert "least loaded (0.40 load/CPU) of 3 reachable hosts with PicoClaw" in data["selected"]["reason"]
     assert f"picoclaw-fleet: {idle.name}: chosen: the least loaded" in result.stderr
@@ -393,7 +397,7 @@ def test_no_picoclaw_anywhere_deploys_to_the_chosen_host_then_runs(testbed, fres
     result, data, hosts = dispatch_json(path, deploy_env, "-t", "fresh worker")
     assert result.returncode == 0, result.stderr
     answer = hosts[idle.name]
-    assert (answer["status"], answer["stdout"]) == ("ok", "fresh worker\n")
+    assert (answer["status"], answer["answer"]) == ("ok", "fresh worker")
     assert [s["step"] for s in answer["steps"]] == ["deploy"]
     assert "no reachable host has PicoClaw: deploying to the least loaded" in data["selected"]["reason"]
     assert installed_binary(idle).exists() and not installed_binary(busy).exists()
@@ -406,7 +410,7 @@ def test_ephemeral_deploys_runs_and_tears_down(testbed, fresh, fleet_config, dep
     result, data, hosts = dispatch_json(path, deploy_env, "--host", host.name, "--ephemeral", "-t", "::env::")
     assert result.returncode == 0, result.stderr
     answer = hosts[host.name]
-    assert "ANTHROPIC_API_KEY=set\n" in answer["stdout"]  # the freshly written .env was loaded
+    assert "model=claude-sonnet-4.6\nkey=set" in answer["answer"]  # the freshly provisioned model and key
     assert [(s["step"], s["status"]) for s in answer["steps"]] == [("deploy", "ok"), ("run", "ok"), ("teardown", "ok")]
     assert not installed_binary(host).exists() and not env_file(host).exists()
     for step in ("deploy: ok", "teardown: ok"):
@@ -431,7 +435,7 @@ def test_ephemeral_tears_down_after_a_failed_task_too(testbed, fresh, fleet_conf
     result, data, hosts = dispatch_json(path, deploy_env, "--host", host.name, "--ephemeral", "-t", "::fail::bad")
     assert result.returncode == 1
     answer = hosts[host.name]
-    assert (answer["status"], answer["stderr"]) == ("failed", "stand-in failure: bad\n")
+    assert (answer["status"], answer["stderr"]) == ("failed", "Error: stand-in failure: bad\n")
     assert [(s["step"], s["status"]) for s in answer["steps"]] == [("run", "failed"), ("teardown", "ok")]
     assert not installed_binary(host).exists() and not env_file(host).exists()
 
@@ -471,3 +475,68 @@ def test_usage_errors_exit_2_with_one_line(workers, fleet_config, guarded_env, a
     assert complaint in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
+
+
+# --- what PicoClaw prints, and the session it keeps -------------------------------------------------------
+
+
+def session_files_left(host):
+    sessions = host.home / ".picoclaw" / "workspace" / "sessions"
+    return sorted(p.name for p in sessions.iterdir()) if sessions.exists() else []
+
+
+def test_answer_is_bare_and_raw_keeps_picoclaws_stdout(workers, fleet_config, guarded_env):
+    text = "I like \U0001f99e.\n\n\U0001f99e this line too\n"
+    path = fleet_config(hosts=workers)
+    inline = dispatch(path, guarded_env, "--host", workers[0].name, "-t", text)
+    assert inline.returncode == 0, inline.stderr
+    assert inline.stdout == text  # the answer as PicoClaw gave it (it ends in a newline), nothing before or after
+    raw = dispatch(path, guarded_env, "--host", workers[0].name, "-t", "plain", "--raw")
+    assert raw.stdout.startswith("\n\u2588\u2588") and raw.stdout.endswith("\n\U0001f99e plain\n")  # banner first
+    result, _, hosts = dispatch_json(path, guarded_env, "--host", workers[0].name, "-t", "plain")
+    answer = hosts[workers[0].name]
+    assert answer["answer"] == "plain"
+    assert answer["stdout"].replace("\r\n", "\n") == raw.stdout  # (text mode read the banner's \r\n as \n)
+    assert "WRN" not in answer["stdout"]  # PicoClaw's log went to its file...
+    assert '"level":"warn"' in answer["log"]  # ...and from there to `log`
+    assert not list((workers[0].home / ".picoclaw").glob("fleet-*.log"))  # the file is gone
+
+
+def test_each_task_has_its_own_session_and_it_is_removed(testbed, fresh, fleet_config, guarded_env):
+    [host] = fresh()
+    path = fleet_config(hosts=[host])
+    for _ in range(3):
+        result, _, hosts = dispatch_json(path, guarded_env, "--host", host.name, "-t", "::history::")
+        assert hosts[host.name]["answer"] == "history=0"  # no task sees another's messages
+    assert session_files_left(host) == []
+
+
+def test_named_session_continues_and_is_kept(testbed, fresh, fleet_config, guarded_env):
+    [host] = fresh()
+    path = fleet_config(hosts=[host])
+    dispatch(path, guarded_env, "--host", host.name, "--session", "triage", "-t", "remember 42")
+    result, _, hosts = dispatch_json(path, guarded_env, "--host", host.name, "--session", "triage", "-t", "::history::")
+    assert hosts[host.name]["answer"] == "history=2" and hosts[host.name]["session"] == "triage"
+    assert session_files_left(host) == ["agent_main_triage.jsonl", "agent_main_triage.meta.json"]
+    for bad in ("main", "a:b", "pcf-abc"):
+        refused = dispatch(path, guarded_env, "--host", host.name, "--session", bad, "-t", "x")
+        assert refused.returncode == 2 and "session" in refused.stderr and len(refused.stderr.splitlines()) == 1
+
+
+def test_unrestricted_lifts_the_sandbox_for_one_run_only(testbed, fresh, fleet_config, guarded_env):
+    [host] = fresh()
+    path = fleet_config(hosts=[host])
+    lifted = dispatch(path, guarded_env, "--host", host.name, "--unrestricted", "-t", "::env::")
+    assert "restrict_to_workspace=false" in lifted.stdout
+    again = dispatch(path, guarded_env, "--host", host.name, "-t", "::env::")
+    assert "restrict_to_workspace=true" in again.stdout
+    assert '"restrict_to_workspace": true' in (host.home / ".picoclaw" / "config.json").read_text()
+
+
+def test_unprovisioned_picoclaw_fails_with_its_own_error(testbed, fresh, fleet_config, guarded_env):
+    """A binary with no model chosen fails the way the real one does, and says so on stderr."""
+    [host] = fresh(standin=False)
+    testbed.install_standin(host, provision=False)
+    result = dispatch(fleet_config(hosts=[host]), guarded_env, "--host", host.name, "-t", "x")
+    assert result.returncode == 1 and result.stdout == ""
+    assert 'Error: error creating provider: model "" not found in model_list' in result.stderr

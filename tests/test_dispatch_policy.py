@@ -195,13 +195,15 @@ def test_targets_refused(fleet, kwargs, complaint):
 # --- folding identical answers ------------------------------------------------------------------------
 
 
-def answer(name, status="ok", stdout="42\n", stderr="", message="", duration=0.2):
-    details = {"stdout": stdout, "stderr": stderr, "exit_code": 0 if status == "ok" else 3}
+def answer(name, status="ok", text="42", stderr="", message="", duration=0.2):
+    """A host's dispatch report whose PicoClaw answered `text` (its raw stdout: banner, then the answer)."""
+    stdout = f"\r\n##\n \r\n\n\U0001f99e {text}\n" if text else ""
+    details = {"answer": text, "stdout": stdout, "stderr": stderr, "exit_code": 0 if status == "ok" else 1}
     return HostReport(name, f"u@{name}", status, duration, message, details)
 
 
 def test_identical_answers_fold_into_one_block_in_first_seen_order():
-    hosts = [answer("a", duration=0.11), answer("b", stdout="41\n"), answer("c", duration=0.14),
+    hosts = [answer("a", duration=0.11), answer("b", text="41"), answer("c", duration=0.14),
              answer("d", "failed", "", "boom\n", "PicoClaw exited with status 3")]
     assert [[h.name for h in g] for g in answer_groups(hosts)] == [["a", "c"], ["b"], ["d"]]
     text = render_blocks(FleetReport("dispatch", hosts))
@@ -232,7 +234,13 @@ def test_no_fold_gives_every_host_its_block():
 
 
 def test_output_without_final_newline_still_starts_the_next_header_on_its_own_line():
-    hosts = [answer("a", stdout="no newline"), answer("b", "unreachable", "", "", "connection refused")]
+    hosts = [answer("a", text="no newline"), answer("b", "unreachable", "", "", "connection refused")]
     text = render_blocks(FleetReport("dispatch", hosts))
     assert "no newline\n---- b: unreachable" in text
     assert "[unreachable] connection refused\n" in text
+
+
+def test_raw_blocks_show_picoclaws_stdout_and_fold_on_it():
+    hosts = [answer("a"), answer("b")]
+    text = render_blocks(FleetReport("dispatch", hosts), raw=True)
+    assert text == "---- a, b (2 hosts): ok, 0.20s ----\n\r\n##\n \r\n\n\U0001f99e 42\n2 hosts: 2 ok\n"

@@ -229,7 +229,7 @@ def doc_fleet(testbed, tmp_path_factory):
     (workdir / "tasks.jsonl").write_text('{"id": "disk", "task": "Check the disk"}\n'
                                          '{"id": "load", "task": "Check the load", "host": "pi-2"}\n')
     with ReleaseServer() as server:
-        server.publish("EricGrill/picoclaw", "v0.5.0", {f"picoclaw_{arch}.tar.gz": tb.standin_archive("0.5.0", arch)
+        server.publish("sipeed/picoclaw", "v0.5.0", {f"picoclaw_{arch}.tar.gz": tb.standin_archive("0.5.0", arch)
                                                          for arch in ("Linux_x86_64", "Linux_arm64")})
         config = testbed.fleet_config(hosts, github_api=server.url, known_hosts=str(workdir / "known_hosts"))
         for entry in config["hosts"]:

@@ -49,7 +49,7 @@ def project_version():
 @pytest.fixture(scope="module")
 def release_server():
     with ReleaseServer() as server:
-        server.publish("EricGrill/picoclaw", "v0.3.0",
+        server.publish("sipeed/picoclaw", "v0.3.0",
                        {f"picoclaw_{arch}.tar.gz": tb.standin_archive("0.3.0", arch)
                         for arch in ("Linux_x86_64", "Linux_arm64")})
         yield server
@@ -203,8 +203,8 @@ def test_make_batch_runs_a_task_file(testbed, ep_hosts, ep_config, cli_env, tmp_
     result = run(["make", "-s", "batch", f"CONFIG={ep_config}", f"FILE={tasks}", "ARGS=--json"], cli_env)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
-    assert [(t["id"], t["status"], t["stdout"]) for t in report["tasks"]] == [
-        (2, "ok", "first job\n"), (3, "ok", "second job\n")]
+    assert [(t["id"], t["status"], t["answer"]) for t in report["tasks"]] == [
+        (2, "ok", "first job"), (3, "ok", "second job")]
 
 
 @pytest.mark.parametrize("target, variable", [("dispatch", "TASK"), ("batch", "FILE")])

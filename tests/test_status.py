@@ -88,6 +88,21 @@ def test_status_json_reports_each_host(testbed, status_hosts, fleet_config, guar
     assert hosts[status_hosts[1].name]["version"] == "0.4.2"
     assert hosts[status_hosts[1].name]["env"] is True
     assert hosts[status_hosts[0].name]["env"] is False
+    installed, bare = hosts[status_hosts[1].name], hosts[status_hosts[0].name]
+    assert (installed["model"], installed["api_key"], installed["restrict_to_workspace"]) == (
+        "claude-sonnet-4.6", True, True)
+    assert (bare["model"], bare["api_key"], bare["restrict_to_workspace"]) == (None, None, None)
+    assert "sk-standin" not in result.stdout  # the probe masks the key on the host
+
+
+def test_status_reads_the_version_past_the_banner_and_sees_a_missing_key(testbed, fleet_config, guarded_env):
+    """The stand-in prints the real banner first; an empty .security.yml entry means no key, as in PicoClaw."""
+    [host] = testbed.add_workers(1, prefix="st")
+    testbed.run_as(host, "printf 'model_list:\\n  claude-sonnet-4.6:0: {}\\n' > ~/.picoclaw/.security.yml")
+    result, _, hosts = status_json(fleet_config(hosts=[host]), guarded_env)
+    assert result.returncode == 0, result.stderr
+    assert hosts[host.name]["version"] == "0.1.0"
+    assert (hosts[host.name]["model"], hosts[host.name]["api_key"]) == ("claude-sonnet-4.6", False)
 
 
 def test_status_runs_one_command_per_host(testbed, status_hosts, fleet_config):
@@ -103,7 +118,8 @@ def test_status_human_table(status_hosts, fleet_config, guarded_env):
     result = fab(["status", "--config", str(fleet_config(hosts=status_hosts))], guarded_env)
     assert result.returncode == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:5] == ["HOST", "ADDRESS", "STATUS", "ARCH", "PICOCLAW"]
+    assert lines[0].split()[:8] == ["HOST", "ADDRESS", "STATUS", "ARCH", "PICOCLAW", "MODEL", "KEY", "SANDBOX"]
+    assert any(line.startswith(status_hosts[1].name) and "claude-sonnet-4.6  yes  workspace" in line for line in lines)
     assert any(line.startswith(status_hosts[1].name) and "0.4.2" in line for line in lines)
     assert lines[-1] == "3 hosts: 3 ok"
 

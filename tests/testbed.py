@@ -20,6 +20,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gzip
+import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -55,6 +57,14 @@ FAB = str(Path(sys.executable).with_name("fab"))
 STANDIN_SOURCE = TESTS_DIR / "picoclaw_standin.py"
 NATIVE_STANDIN_SOURCE = TESTS_DIR / "picoclaw_standin.sh"
 LOOPBACK_GUARD_DIR = TESTS_DIR / "loopback_guard"
+
+#: What install_standin provisions, as a deploy with the fleet's defaults would:
+#: PicoClaw's model_name, its model_list entry, and the key in ~/.picoclaw/.security.yml.
+STANDIN_MODEL_NAME = "claude-sonnet-4.6"
+STANDIN_PROVIDER = "anthropic"
+STANDIN_MODEL_ID = "claude-sonnet-4-6"
+STANDIN_API_BASE = "https://api.anthropic.com/v1"
+STANDIN_API_KEY = "sk-standin-test"
 
 USER_PREFIX = "pcf"
 USER_NAME = re.compile(r"^pcf[0-9a-f]{4}[0-9]{3}$")
@@ -233,18 +243,26 @@ def install_loopback_guard() -> None:
 # stand-in PicoClaw
 # --------------------------------------------------------------------------
 
+def standin_commit(version: str) -> str:
+    """The git commit a stand-in of `version` reports: 8 hex digits, fixed per version."""
+    return hashlib.sha1(version.encode()).hexdigest()[:8]
+
+
 def _standin_source(version: str, mode: str | None, pad_bytes: int, native: bool = False) -> str:
     """The stand-in's text: the Python one (every directive), or with `native`
     the sh one that starts as fast as the real Go binary (benchmarks; no mode)."""
+    commit = standin_commit(version)
     if native:
         if mode is not None:
             raise ValueError("the native-speed stand-in has no baked-in mode")
         source = NATIVE_STANDIN_SOURCE.read_text(encoding="utf-8")
-        source = re.sub(r'^VERSION=.*$', f'VERSION="{version}"', source, count=1, flags=re.M)
+        source = re.sub(r'^VERSION=.*$', lambda _: f'VERSION="{version}"', source, count=1, flags=re.M)
+        source = re.sub(r'^COMMIT=.*$', lambda _: f'COMMIT="{commit}"', source, count=1, flags=re.M)
         return source + _padding(pad_bytes)  # after its final `exit`: never read by the shell
     source = STANDIN_SOURCE.read_text(encoding="utf-8")
-    source = re.sub(r'^VERSION = .*$', f"VERSION = {version!r}", source, count=1, flags=re.M)
-    source = re.sub(r'^DEFAULT_MODE = .*$', f"DEFAULT_MODE = {mode!r}", source, count=1, flags=re.M)
+    source = re.sub(r'^VERSION = .*$', lambda _: f"VERSION = {version!r}", source, count=1, flags=re.M)
+    source = re.sub(r'^COMMIT = .*$', lambda _: f"COMMIT = {commit!r}", source, count=1, flags=re.M)
+    source = re.sub(r'^DEFAULT_MODE = .*$', lambda _: f"DEFAULT_MODE = {mode!r}", source, count=1, flags=re.M)
     return source + _padding(pad_bytes)
 
 
@@ -293,6 +311,62 @@ def standin_archive(version: str = "0.1.0", arch_name: str = "Linux_x86_64", nat
             for name, data, mode in files:
                 tar.addfile(*_tar_member(name, data, mode))
     return buf.getvalue()
+
+
+_standin_module_cache = []
+
+
+def standin_module():
+    """picoclaw_standin.py imported as a module (its banners, its default config)."""
+    if not _standin_module_cache:
+        spec = importlib.util.spec_from_file_location("pcf_picoclaw_standin", STANDIN_SOURCE)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _standin_module_cache.append(module)
+    return _standin_module_cache[0]
+
+
+def provisioned_picoclaw_config(picoclaw_dir: Path, model_name: str = STANDIN_MODEL_NAME) -> dict:
+    """~/.picoclaw/config.json after `picoclaw onboard` and a deploy choosing
+    `model_name`: PicoClaw's defaults (version 3, its model_list, which holds
+    STANDIN_MODEL_NAME) with that model selected and the sandbox on."""
+    config = standin_module().default_config(str(picoclaw_dir))
+    config["agents"]["defaults"]["model_name"] = model_name
+    config["agents"]["defaults"]["restrict_to_workspace"] = True
+    if not any(entry["model_name"] == model_name for entry in config["model_list"]):
+        config["model_list"].append({"model_name": model_name, "provider": STANDIN_PROVIDER,
+                                     "model": STANDIN_MODEL_ID, "api_base": STANDIN_API_BASE})
+    return config
+
+
+def provisioned_security_yml(config: dict, model_name: str = STANDIN_MODEL_NAME,
+                             api_key: str | None = STANDIN_API_KEY) -> str:
+    """~/.picoclaw/.security.yml as a deploy leaves it (PyYAML block style): `api_key`
+    for every entry of `model_name`, an empty entry for every other model."""
+    names, seen = [], {}
+    for entry in config["model_list"]:
+        index = seen[entry["model_name"]] = seen.get(entry["model_name"], -1) + 1
+        names.append((entry["model_name"], f"{entry['model_name']}:{index}"))
+    lines = ["model_list:"]
+    for name, key in sorted(names, key=lambda pair: pair[1]):
+        if name == model_name and api_key:
+            lines += [f"  {key}:", "    api_keys:", f"    - {api_key}"]
+        else:
+            lines.append(f"  {key}: {{}}")
+    return "\n".join(lines) + "\n"
+
+
+def write_picoclaw_config(home: Path, owner: tuple[int, int] | None = None, model_name: str = STANDIN_MODEL_NAME,
+                          api_key: str | None = STANDIN_API_KEY) -> Path:
+    """Give `home` a provisioned PicoClaw: ~/.picoclaw (0700) with config.json
+    and .security.yml (0600) selecting `model_name` with `api_key` (None: no
+    key), and the workspace.  Returns the ~/.picoclaw directory."""
+    picoclaw_dir = _make_dir(Path(home) / ".picoclaw", 0o700, owner)
+    config = provisioned_picoclaw_config(picoclaw_dir, model_name)
+    _write_file(picoclaw_dir / "config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n", 0o600, owner)
+    _write_file(picoclaw_dir / ".security.yml", provisioned_security_yml(config, model_name, api_key), 0o600, owner)
+    _make_dir(picoclaw_dir / "workspace", 0o755, owner)
+    return picoclaw_dir
 
 
 # --------------------------------------------------------------------------
@@ -585,12 +659,14 @@ class Testbed:
         so they stay unique across calls."""
         return [self._add_host(_public_key(self.client_key), prefix=prefix) for _ in range(n)]
 
-    def add_workers(self, n: int, prefix: str = "w", mode: str | None = None) -> list[SimHost]:
+    def add_workers(self, n: int, prefix: str = "w", mode: str | None = None,
+                    provision: bool = True) -> list[SimHost]:
         """n fresh hosts that already have the stand-in picoclaw (optionally
-        with a baked-in directive `mode`), as a previous deploy would leave them."""
+        with a baked-in directive `mode`) and, unless `provision` is false, its
+        model and key configured: as a previous deploy would leave them."""
         hosts = self.add_hosts(n, prefix=prefix)
         for host in hosts:
-            self.install_standin(host, mode=mode)
+            self.install_standin(host, mode=mode, provision=provision)
         return hosts
 
     def add_unauthorized_host(self, name: str = "noauth") -> SimHost:
@@ -660,14 +736,27 @@ class Testbed:
         _write_file(host.home / ".ssh" / "environment", f"PATH={fakebin}:{DEFAULT_PATH}\n", 0o600, owner)
 
     def install_standin(self, host: SimHost, version: str = "0.1.0", mode: str | None = None,
-                        native: bool = False) -> Path:
-        """Put the stand-in at ~/.local/bin/picoclaw, owned by the user.  mode is
-        a directive (e.g. '::fail::') applied to every task on this host."""
+                        native: bool = False, provision: bool = True) -> Path:
+        """Put the stand-in at ~/.local/bin/picoclaw, owned by the user, and
+        (unless `provision` is false: a bare binary, which refuses every task
+        like an unconfigured PicoClaw) ~/.picoclaw as a deploy leaves it, see
+        provision_picoclaw.  mode is a directive (e.g. '::fail::') applied to
+        every task on this host."""
         owner = self._owner(host)
         bindir = _make_dir(_make_dir(host.home / ".local", 0o755, owner) / "bin", 0o755, owner)
         path = build_standin(bindir / "picoclaw", version=version, mode=mode, native=native)
         os.chown(path, *owner)
+        if provision:
+            self.provision_picoclaw(host)
         return path
+
+    def provision_picoclaw(self, host: SimHost, model_name: str = STANDIN_MODEL_NAME,
+                           api_key: str | None = STANDIN_API_KEY) -> Path:
+        """~/.picoclaw of the host as a deploy leaves it: config.json (version 3,
+        model_name selected, its model_list entry) and .security.yml with
+        `api_key` for "<model_name>:0" (both 0600, the directory 0700, owned by
+        the user).  Returns the ~/.picoclaw directory."""
+        return write_picoclaw_config(host.home, self._owner(host), model_name, api_key)
 
     # ---- product config --------------------------------------------------
 
