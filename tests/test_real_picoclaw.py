@@ -335,6 +335,9 @@ def test_g_a_task_past_its_timeout_is_stopped_and_picoclaw_ends(deployed):
     assert by_name[host.name]["status"] == "timeout", shown(result)
     assert fleet.fake.requests_since(mark), "PicoClaw never asked the fake LLM"
     wait_until(lambda: not fleet.testbed.processes(host, "picoclaw"), f"PicoClaw to end on {host.name}")
+    # The remote shell outlived PicoClaw and cleaned up after it: no task session, no log file.
+    wait_until(lambda: not session_files(host, "agent_main_pcf-*"), f"the task's session to be removed on {host.name}")
+    assert not list(picoclaw_dir(host).glob("fleet-*.log"))
 
 
 @needs_real
