@@ -130,16 +130,19 @@ def init(c, config=None, force=False, from_ssh_config=False, host=None):
         "version": "Install this release tag (e.g. v0.2.0) instead of the latest release",
         "from-file": "Install this local binary or .tar.gz holding 'picoclaw' instead (no network needed)",
         "force": "Upload and install even where the same binary is already installed",
+        "allow-unverified": "Install a release that publishes no checksum file and no asset digest (said in the report)",
     }
 )
-def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, from_file=None, force=False):
+def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, from_file=None, force=False,
+           allow_unverified=False):
     """Install PicoClaw on the hosts: binary, onboard, its model and API key (~/.picoclaw), .env."""
     with usage_errors():
         fleet, entries = load_fleet(config, hosts)
         from .deployment import deploy_fleet, render_deploy
 
         warn_if_insecure(fleet)
-        report = deploy_fleet(fleet, entries, version, from_file, force, parallel_option(parallel), c.config)
+        report = deploy_fleet(fleet, entries, version, from_file, force, parallel_option(parallel), c.config,
+                              allow_unverified=allow_unverified)
     finish(report, json, render_deploy)
 
 

@@ -110,7 +110,7 @@ def env_file_text(provider, key_env, key):
     return ("\n".join(lines) + "\n").encode()
 
 
-def deploy_plan(fleet, version=None, from_file=None, force=False, environ=None):
+def deploy_plan(fleet, version=None, from_file=None, force=False, environ=None, allow_unverified=False):
     """The run's `DeployPlan` for `fleet`: key checked, release resolved (or ``--from-file`` read).
 
     Raises `UsageError` (exit 2, no host contacted) for a missing key, an
@@ -129,7 +129,7 @@ def deploy_plan(fleet, version=None, from_file=None, force=False, environ=None):
     if from_file:
         binaries = release.FileBinaries(release.binary_from_file(from_file))
     else:
-        binaries = release.release_binaries(defaults, version, environ)
+        binaries = release.release_binaries(defaults, version, environ, allow_unverified=allow_unverified)
     return DeployPlan(binaries=binaries, env_text=env_text, key=key, provider=provider, defaults=defaults,
                       force=force, timeout=defaults.timeout)
 
@@ -276,12 +276,13 @@ def onboard(cxn, timeout):
 # ---- the fleet ----------------------------------------------------------------------
 
 
-def deploy_fleet(fleet, entries, version=None, from_file=None, force=False, parallel=None, base_config=None, environ=None):
+def deploy_fleet(fleet, entries, version=None, from_file=None, force=False, parallel=None, base_config=None, environ=None,
+                 allow_unverified=False):
     """The ``deploy`` verb: plan once, then `deploy_host` on every selected host in parallel."""
     from .connections import fan_out
     from .report import FleetReport
 
-    plan = deploy_plan(fleet, version, from_file, force, environ)
+    plan = deploy_plan(fleet, version, from_file, force, environ, allow_unverified)
     for entry in entries:
         plan.model_for(entry)  # a host with no usable model is a usage error before any host is contacted
     reports = fan_out(entries, lambda cxn, entry: deploy_host(cxn, entry, plan), fleet.defaults, parallel, base_config, fleet.hosts)

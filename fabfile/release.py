@@ -494,7 +494,7 @@ class FileBinaries:
         return self.binary
 
 
-def release_binaries(defaults, tag=None, environ=None):
+def release_binaries(defaults, tag=None, environ=None, allow_unverified=False):
     """Resolve the release named by the config (and `--version`): the run's `ReleaseBinaries`."""
     environ = os.environ if environ is None else environ
     session = github_session()
