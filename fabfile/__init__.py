@@ -32,6 +32,13 @@ def usage_errors():
         raise Exit(f"picoclaw-fleet: {exc}", code=2) from None
 
 
+def handle_stops():
+    """Ctrl-C, SIGTERM and SIGHUP stop the run and still report what finished (`interrupts`)."""
+    from .interrupts import handle_stops as install
+
+    install()
+
+
 def load_fleet(config, hosts):
     """The validated config and the hosts `hosts` selects from it."""
     from .config import load_for_targets, select_hosts
@@ -79,20 +86,26 @@ class ShortFlagTask(Task):
         return opts
 
 
+#: The config's own cap on ``parallel`` (fleet.schema.json): each is a thread and an SSH connection.
+MAX_PARALLEL = 1024
+
+
 def parallel_option(value):
     """``--parallel`` as a positive int (None when not given); `UsageError` otherwise."""
     from .errors import UsageError
 
     if value is None:
         return None
-    if not str(value).isdigit() or int(value) < 1:
-        raise UsageError(f"--parallel {value!r}: expected a whole number of hosts, 1 or more")
-    return int(value)
+    text = str(value)
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PARALLEL:
+        raise UsageError(f"--parallel {value!r}: expected a whole number of hosts from 1 to {MAX_PARALLEL}")
+    return int(text)
 
 
 @task(klass=ShortFlagTask, help=COMMON_HELP)
 def status(c, hosts=None, config=None, parallel=None, json=False):
     """Report each host: reachable, arch, PicoClaw version, model, key, sandbox, load, latency."""
+    handle_stops()
     with usage_errors():
         fleet, entries = load_fleet(config, hosts)
         from .facts import fleet_status, render_status
@@ -136,6 +149,7 @@ def init(c, config=None, force=False, from_ssh_config=False, host=None):
 def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, from_file=None, force=False,
            allow_unverified=False):
     """Install PicoClaw on the hosts: binary, onboard, its model and API key (~/.picoclaw), .env."""
+    handle_stops()
     with usage_errors():
         fleet, entries = load_fleet(config, hosts)
         from .deployment import deploy_fleet, render_deploy
@@ -156,6 +170,7 @@ def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, 
 )
 def teardown(c, hosts=None, config=None, parallel=None, json=False, purge=False, yes=False):
     """Remove PicoClaw (~/.local/bin/picoclaw and ~/.picoclaw/.env) from the hosts."""
+    handle_stops()
     with usage_errors():
         fleet, entries = load_fleet(config, hosts)
         from .removal import confirm_teardown, render_teardown, teardown_fleet
@@ -189,6 +204,7 @@ def teardown(c, hosts=None, config=None, parallel=None, json=False, purge=False,
 def dispatch(c, task=None, host=None, all=False, hosts=None, timeout=None, fold=True, deploy=True,
              ephemeral=False, session=None, raw=False, unrestricted=False, config=None, parallel=None, json=False):
     """Run one PicoClaw task on the least loaded host, a named one, or (--all/--hosts) on many."""
+    handle_stops()
     with usage_errors():
         from .agent_command import AgentOptions, session_name
         from .config import load_for_targets
@@ -231,6 +247,7 @@ def dispatch(c, task=None, host=None, all=False, hosts=None, timeout=None, fold=
 def batch(c, task=None, tasks_file=None, hosts=None, timeout=None, retries=None, retry_lost=False, raw=False,
           unrestricted=False, json=False, jsonl=False, config=None, parallel=None):
     """Run a queue of PicoClaw tasks over the hosts' free slots (max_tasks each); one result per task."""
+    handle_stops()
     with usage_errors():
         from .batch_output import ProgressPrinter, render_batch, summary_text
         from .batch_queue import batch_settings, run_batch

@@ -27,6 +27,7 @@ from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut
 
 from .errors import UsageError
+from .deadlines import deadline, step_seconds
 from .facts import ANSI_ESCAPE, BINARY_PATH, PICOCLAW_DIR, SESSIONS_DIR
 from .report import HostReport
 
@@ -44,6 +45,9 @@ NOT_INSTALLED_EXIT = 127
 NOT_INSTALLED_MARKER = "picoclaw-fleet: not-installed"
 #: coreutils ``timeout``: TERM worked (124) or KILL was needed (128 + 9).
 TIMEOUT_EXIT, KILLED_EXIT = 124, 137
+#: What is kept of a task's output; the rest is drained and counted, so a task
+#: that prints 50 MB costs neither memory nor time beyond reading it once.
+CAPTURE_BYTES = {"stdout": 4 << 20, "stderr": 1 << 20}
 #: PicoClaw prints its answer as ``\n🦞 <answer>\n``.
 ANSWER_MARKER = "\n\U0001f99e "
 #: The line on stderr after which the remote command appends PicoClaw's log file.
@@ -203,19 +207,52 @@ class TaskRunner(Remote):
     Invoke decodes output one 1000-byte read at a time, which mangles any
     multibyte character split across two reads; a task's answer is text that
     must come back intact, so output goes through one incremental decoder per
-    stream. Stdin is the task: written whole, then EOF, and a channel that is
-    already gone is left for the result to report rather than raised from a
-    thread.
+    stream, and bytes that are not UTF-8 are flagged (`not_utf8`), not
+    silently replaced. What is kept of each stream is capped (`CAPTURE_BYTES`):
+    the rest is read, so the task is never blocked on a full pipe, counted in
+    `dropped`, and dropped. Invoke's `respond` re-joins the whole buffer on
+    every read, for watchers we do not have; it is skipped, so reading is
+    linear in the output's size. Stdin is the task: written whole, then EOF,
+    and a channel that is already gone is left for the result to report
+    rather than raised from a thread.
     """
 
+    read_chunk_size = 65536
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dropped = {"stdout": 0, "stderr": 0}
+        self.not_utf8 = set()
+
+    def respond(self, buffer_):
+        """No watchers: nothing to answer, and no reason to re-join the buffer."""
+
     def read_proc_output(self, reader):
-        """Decode the stream as one UTF-8 text, whatever the read boundaries."""
+        """Decode the stream as one UTF-8 text, whatever the read boundaries, up to its cap."""
+        name = "stdout" if reader == self.read_proc_stdout else "stderr"
+        room = CAPTURE_BYTES[name]
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        strict = codecs.getincrementaldecoder("utf-8")("strict")
         for data in iter(lambda: reader(self.read_chunk_size), b""):
-            yield decoder.decode(data)
+            kept = data[: max(room, 0)]
+            room -= len(kept)
+            self.dropped[name] += len(data) - len(kept)
+            if kept:
+                self._check_utf8(strict, name, kept)
+                yield decoder.decode(kept)
+        if not self.dropped[name]:
+            self._check_utf8(strict, name, b"", final=True)
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail
+
+    def _check_utf8(self, strict, name, data, final=False):
+        if name in self.not_utf8:
+            return
+        try:
+            strict.decode(data, final)
+        except UnicodeDecodeError:
+            self.not_utf8.add(name)
 
     def handle_stdin(self, input_, output, echo=False):
         """Send all of `input_` (bytes), then EOF, so the remote ``cat`` ends."""
@@ -239,6 +276,8 @@ class AgentResult:
     answer: str = ""
     log: str = ""
     session: str | None = None
+    dropped_bytes: dict = None
+    not_utf8: tuple = ()
 
     def details(self):
         """The fields ``--json`` carries for the run (besides status and duration).
@@ -247,7 +286,9 @@ class AgentResult:
         (banner included), `stderr` its error output, `log` its log lines.
         """
         details = {"answer": self.answer, "stdout": self.stdout, "stderr": self.stderr, "log": self.log,
-                   "exit_code": self.exit_code}
+                   "exit_code": self.exit_code,
+                   "dropped_bytes": dict(self.dropped_bytes or {"stdout": 0, "stderr": 0}),
+                   "not_utf8": list(self.not_utf8)}
         if self.session is not None:
             details["session"] = self.session
         return details
@@ -260,19 +301,23 @@ def run_agent(cxn, task, timeout_s, options=AgentOptions()):
     `timeout_s`; if the host itself stops answering, the channel is closed
     locally a little after its own KILL would have landed. Either way the
     output printed so far is kept. Connection errors before the task starts
-    are raised, for `connections.fan_out` to name.
+    are raised, for `fanout.fan_out` to name.
     """
     cxn.open()
     started = time.monotonic()
     runner = TaskRunner(context=cxn, inline_env=True)
-    deadline = timeout_s + KILL_AFTER_S + LOCAL_GRACE_S
+    local_deadline = timeout_s + KILL_AFTER_S + LOCAL_GRACE_S
     locally_timed_out = False
-    try:
-        result = runner.run(
-            agent_command(timeout_s, options), hide=True, warn=True, in_stream=io.BytesIO(task), timeout=deadline
-        )
-    except CommandTimedOut as exc:
-        result, locally_timed_out = exc.result, True
+    # invoke's own timer starts only once the command has started: the
+    # watchdog also covers a host that freezes while the session opens.
+    with deadline(cxn, "starting the task", step_seconds(cxn, local_deadline)):
+        try:
+            result = runner.run(
+                agent_command(timeout_s, options), hide=True, warn=True, in_stream=io.BytesIO(task),
+                timeout=local_deadline,
+            )
+        except CommandTimedOut as exc:
+            result, locally_timed_out = exc.result, True
     duration = time.monotonic() - started
     exit_code = None if result.exited in (None, -1) else result.exited
     gone = connection_dropped(cxn, runner.channel)
@@ -281,7 +326,19 @@ def run_agent(cxn, task, timeout_s, options=AgentOptions()):
     if status == "not-installed":
         stderr = ""  # our prologue's marker, not PicoClaw's
     answer = split_answer(result.stdout) if status == "ok" or ANSWER_MARKER in result.stdout else ""
-    return AgentResult(result.stdout, stderr, exit_code, status, message, duration, answer, log, options.session)
+    notes = output_notes(runner.dropped, runner.not_utf8)
+    if notes:
+        message = "; ".join(([message] if message else []) + notes)
+    return AgentResult(result.stdout, stderr, exit_code, status, message, duration, answer, log, options.session,
+                       dict(runner.dropped), tuple(sorted(runner.not_utf8)))
+
+
+def output_notes(dropped, not_utf8):
+    """What a reader must know about the output kept: cut at its cap, or not UTF-8."""
+    notes = [f"{name} cut at {CAPTURE_BYTES[name] >> 20} MiB ({n} more bytes dropped)"
+             for name, n in dropped.items() if n]
+    notes += [f"{name} is not valid UTF-8 (shown with U+FFFD replacements)" for name in sorted(not_utf8)]
+    return notes
 
 
 def connection_dropped(cxn, channel):
@@ -318,3 +375,36 @@ def agent_report(entry, result, duration_s=None, **details):
     return HostReport(
         entry.name, entry.address, result.status, duration, result.message, {**result.details(), **details}
     )
+
+
+#: Stops every task running on the connection this command arrives on.
+#: sshd starts each exec channel as a session of its own (setsid) whose leader
+#: is a child of the connection's ``sshd: user@notty`` process; `timeout`
+#: later moves PicoClaw into a process group of its own, but never out of
+#: that session. So: find our session's parent (the connection), and TERM
+#: every other session under it. Other connections -- another operator's
+#: run, an interactive login -- are never touched. Only shell builtins,
+#: /proc, pgrep and pkill, which a Raspberry Pi or a busybox board has.
+STOP_TASKS_COMMAND = (
+    "read -r _ _ _ _ _ me _ < /proc/$$/stat; "
+    'read -r _ _ _ conn _ < "/proc/$me/stat"; '
+    "others=; "
+    'for s in $(pgrep -P "$conn"); do [ "$s" = "$me" ] || others="$others,$s"; done; '
+    'if [ -n "$others" ]; then pkill -TERM -s "${others#,}"; fi; '
+    "true"
+)
+
+
+def stop_running_tasks(cxn):
+    """TERM the tasks running on `cxn`'s host, through `cxn` itself (a stop: Ctrl-C, SIGTERM, SIGHUP).
+
+    Closing our side would not stop them: a task without a terminal gets no
+    hangup when its channel closes, and would run on until its timeout.
+    """
+    if not cxn.is_connected:
+        return  # its tasks are lost, not ours to stop (and run() would reconnect)
+    try:
+        with deadline(cxn, "stopping the running tasks"):
+            cxn.run(STOP_TASKS_COMMAND, hide=True, warn=True, in_stream=False)
+    except Exception:  # the connection failed meanwhile (or stalled): the same
+        pass

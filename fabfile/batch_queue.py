@@ -32,22 +32,6 @@ NOT_INSTALLED = "not-installed"
 #: The host name of a task that never ran anywhere (``null`` in JSON).
 NO_HOST = "-"
 
-#: Stops every task running on the connection this command arrives on.
-#: sshd starts each exec channel as a session of its own (setsid) whose leader
-#: is a child of the connection's ``sshd: user@notty`` process; `timeout`
-#: later moves PicoClaw into a process group of its own, but never out of
-#: that session. So: find our session's parent (the connection), and TERM
-#: every other session under it. Other connections -- another operator's
-#: run, an interactive login -- are never touched. Only shell builtins,
-#: /proc, pgrep and pkill, which a Raspberry Pi or a busybox board has.
-STOP_TASKS_COMMAND = (
-    "read -r _ _ _ _ _ me _ < /proc/$$/stat; "
-    'read -r _ _ _ conn _ < "/proc/$me/stat"; '
-    "others=; "
-    'for s in $(pgrep -P "$conn"); do [ "$s" = "$me" ] || others="$others,$s"; done; '
-    'if [ -n "$others" ]; then pkill -TERM -s "${others#,}"; fi; '
-    "true"
-)
 
 
 # --- the queue ------------------------------------------------------------------------------
@@ -474,6 +458,10 @@ def dropped_hosts(hosts):
 # --- the hosts ------------------------------------------------------------------------------
 
 
+#: More runs than this of one failing task is a loop, not a retry.
+MAX_RETRIES = 100
+
+
 @dataclass(frozen=True)
 class BatchSettings:
     """The run's knobs: default task timeout, retries, and how hosts are connected to."""
@@ -491,8 +479,8 @@ def batch_settings(fleet, timeout=None, retries=None, retry_lost=False, parallel
     from .dispatcher import check_timeout
 
     text = str(0 if retries is None else retries)
-    if not text.isdigit():
-        raise UsageError(f"--retries {retries!r}: expected a whole number of extra runs, 0 or more")
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_RETRIES:
+        raise UsageError(f"--retries {retries!r}: expected a whole number of extra runs from 0 to {MAX_RETRIES}")
     return BatchSettings(
         timeout_s=check_timeout(fleet.defaults.timeout if timeout is None else timeout),
         retries=int(text),
@@ -597,20 +585,6 @@ def start_thread(target, *args):
     return thread
 
 
-def stop_running_tasks(cxn):
-    """TERM the tasks running on `cxn`'s host, through `cxn` itself (Ctrl-C).
-
-    Closing our side would not stop them: a task without a terminal gets no
-    hangup when its channel closes, and would run on until its timeout.
-    """
-    if not cxn.is_connected:
-        return  # its tasks are lost, not ours to stop (and run() would reconnect)
-    try:
-        cxn.run(STOP_TASKS_COMMAND, hide=True, warn=True, in_stream=False)
-    except Exception:  # the connection failed meanwhile: the same
-        pass
-
-
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -666,7 +640,7 @@ def stop_batch(queue, hosts, on_progress):
     KILL a task that ignores TERM; a task still not back by then is reported
     ``interrupted`` with that said. A second Ctrl-C stops the waiting.
     """
-    from .agent_command import KILL_AFTER_S, LOCAL_GRACE_S
+    from .agent_command import KILL_AFTER_S, LOCAL_GRACE_S, stop_running_tasks
 
     busy = queue.interrupt()
     stoppers = [start_thread(stop_running_tasks, host.cxn) for host in busy]

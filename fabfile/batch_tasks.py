@@ -5,6 +5,11 @@ A tasks file is plain text, one task a line, or JSON Lines, one
 comments are skipped in both. Everything is checked before any host is
 contacted: a malformed line is a `UsageError` naming its line number, so a
 typo on line 180 cannot leave 179 tasks run and the rest not.
+
+The file is read one line at a time, never whole, and bounded: at most
+`MAX_TASKS` tasks, `MAX_LINE_BYTES` a line and `MAX_TOTAL_TASK_BYTES` of task
+text in all. A million-line file costs what its tasks cost, up to those caps,
+and one past a cap is refused naming the line.
 """
 
 import json
@@ -16,6 +21,17 @@ from .errors import UsageError
 
 #: Keys a JSON Lines task may have; anything else is a typo worth stopping for.
 TASK_KEYS = ("id", "task", "host", "timeout", "session")
+
+#: Tasks one batch may hold: each is a result to keep and report.
+MAX_TASKS = 100_000
+#: Bytes one line may have (its newline aside). A task is at most 131071 bytes
+#: (agent_command.MAX_TASK_BYTES); as a JSON string, escapes (``\u001b``) can
+#: make it up to six times longer, so 1 MiB holds any task that is allowed.
+MAX_LINE_BYTES = 1 << 20
+#: Bytes of task text one batch may hold in all (what the run keeps in memory).
+MAX_TOTAL_TASK_BYTES = 256 << 20
+#: A task's own ``timeout`` is at most a day, as ``defaults.timeout`` is.
+MAX_TASK_TIMEOUT_S = 86400
 
 
 @dataclass(frozen=True)
@@ -52,22 +68,42 @@ def read_tasks(tasks_file=None, task_texts=(), stdin=None):
 
 
 def read_lines(tasks_file, label, stdin=None):
-    """The file's lines as text (``\\r\\n`` endings allowed); bad UTF-8 names its line."""
+    """The file's lines as text, one at a time (``\\r\\n`` endings allowed).
+
+    A line that is not UTF-8, or longer than `MAX_LINE_BYTES`, is a
+    `UsageError` naming its line; nothing past it is read.
+    """
     if tasks_file == "-":
-        data = (stdin or sys.stdin).buffer.read()
-    else:
+        yield from decoded_lines((stdin or sys.stdin).buffer, label)
+        return
+    try:
+        handle = open(tasks_file, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read tasks file {tasks_file}: {exc.strerror or exc}") from None
+    with handle:
+        yield from decoded_lines(handle, label, tasks_file)
+
+
+def decoded_lines(stream, label, tasks_file=None):
+    """Each line of the binary `stream`, decoded; see `read_lines`."""
+    number = 0
+    while True:
         try:
-            with open(tasks_file, "rb") as handle:
-                data = handle.read()
+            raw = stream.readline(MAX_LINE_BYTES + 2)  # room for "\r\n"
         except OSError as exc:
-            raise UsageError(f"cannot read tasks file {tasks_file}: {exc.strerror or exc}") from None
-    lines = []
-    for number, raw in enumerate(data.split(b"\n"), 1):
+            raise UsageError(f"cannot read tasks file {tasks_file or label}: {exc.strerror or exc}") from None
+        number += 1
+        line = raw.removesuffix(b"\n").removesuffix(b"\r")
+        if len(line) > MAX_LINE_BYTES:
+            raise UsageError(f"{label} line {number}: longer than {MAX_LINE_BYTES >> 20} MiB "
+                             f"(a task is at most 131071 bytes)")
         try:
-            lines.append(raw.removesuffix(b"\r").decode("utf-8"))
-        except UnicodeDecodeError:
-            raise UsageError(f"{label} line {number}: not valid UTF-8") from None
-    return lines
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{label} line {number}: not valid UTF-8 (byte 0x{line[exc.start]:02x} "
+                             f"at column {exc.start + 1})") from None
+        if not raw.endswith(b"\n"):
+            return
 
 
 def parse_task_lines(lines, label):
@@ -76,10 +112,13 @@ def parse_task_lines(lines, label):
     The first task line decides: ``{`` starts JSON Lines, and then every task
     line must be a JSON object. Blank lines and ``#`` comments are skipped in
     both. A plain line's id is its line number, so ``line 17`` in a report
-    is line 17 of the file.
+    is line 17 of the file. `lines` may be any iterable (a file read as it
+    goes): at most `MAX_TASKS` tasks and `MAX_TOTAL_TASK_BYTES` of task text
+    are taken, the next is a `UsageError` naming its line.
     """
     tasks, first_seen = [], {}
     json_lines = None
+    total = 0
     for number, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -87,8 +126,13 @@ def parse_task_lines(lines, label):
         if json_lines is None:
             json_lines = text.startswith("{")
         where = f"{label} line {number}"
+        if len(tasks) >= MAX_TASKS:
+            raise UsageError(f"{where}: more than {MAX_TASKS} tasks in one batch; split the file")
         position = len(tasks)
         task = json_task(line, number, position, where) if json_lines else plain_task(text, number, position, where)
+        total += len(task.data)
+        if total > MAX_TOTAL_TASK_BYTES:
+            raise UsageError(f"{where}: the tasks add up to more than {MAX_TOTAL_TASK_BYTES >> 20} MiB; split the file")
         key = str(task.id)
         if key in first_seen:
             raise UsageError(f"{where}: id {task.id!r} is already used by {first_seen[key]}; ids must be unique")
@@ -104,10 +148,18 @@ def plain_task(text, task_id, position, where):
 
 def json_task(line, number, position, where):
     """A task from one JSON Lines line: ``{"id", "task", "host", "timeout", "session"}``."""
+    from .config import MAX_NESTING, RefusedNumber, deepest_path, strict_json_loads
+
     try:
-        item = json.loads(line)
+        item = strict_json_loads(line)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{where}: invalid JSON at column {exc.colno}: {exc.msg}") from None
+    except RefusedNumber as exc:
+        raise UsageError(f"{where}: invalid JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{where}: JSON nested deeper than {MAX_NESTING} levels") from None
+    if deepest_path(item, MAX_NESTING) is not None:
+        raise UsageError(f"{where}: JSON nested deeper than {MAX_NESTING} levels")
     if not isinstance(item, dict):
         raise UsageError(f'{where}: expected a JSON object such as {{"id": "a", "task": "..."}}')
     unknown = sorted(set(item) - set(TASK_KEYS))
@@ -123,8 +175,9 @@ def json_task(line, number, position, where):
     if host is not None and (not isinstance(host, str) or not host):
         raise UsageError(f'{where}: "host" must be a host name')
     timeout = item.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")):
-        raise UsageError(f'{where}: "timeout" must be a number of seconds above 0')
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout <= MAX_TASK_TIMEOUT_S):
+        raise UsageError(f'{where}: "timeout" must be a number of seconds above 0 and at most {MAX_TASK_TIMEOUT_S} (a day)')
     session = item.get("session")
     if session is not None:
         try:

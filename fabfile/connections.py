@@ -1,28 +1,50 @@
-"""SSH connections to fleet hosts: host-key policy, bounded fan-out, failure names.
+"""SSH connections to fleet hosts: building them, host-key policy, deadlines, failure names.
 
-Every verb reaches its hosts through `fan_out`, which builds one Fabric
-`Connection` per host, runs the verb's per-host function over a
-`BoundedThreadingGroup`, and turns whatever went wrong into a status a
+`build_connection` makes the Fabric `Connection` for one fleet entry (its
+port, key, gateway chain and ~/.ssh/config, with a deadline on every step of
+connecting); `classify_failure` turns whatever went wrong into a status a
 sysadmin can act on (`unreachable`, `auth-failed`, `hostkey-rejected`, ...).
+The fan-out over the fleet is `fanout.fan_out`.
 """
 
 import fcntl
+import logging
+import math
 import os
 import socket
+import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paramiko
-from fabric import Config, Connection, ThreadingGroup
-from fabric.exceptions import GroupException
-from fabric.group import GroupResult
+from fabric import Config, Connection
 
-from .errors import UsageError
+from .errors import UsageError, one_line
 from .report import HostReport
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
+_CONFIG_LOCK = threading.Lock()
+
+#: A gateway chain longer than this is refused (config.MAX_GATEWAY_HOPS says the same at load).
+MAX_GATEWAY_HOPS = 8
+
+
+def silence_paramiko():
+    """Keep paramiko's own log lines off stderr: every failure it logs is a host's report here.
+
+    Paramiko logs "Exception (client): ..." and whole tracebacks (ERROR) from
+    its transport thread when a host sends garbage, closes early or never
+    sends a banner; with no handler configured, Python's last-resort handler
+    would print them on stderr, beside our one-line reports.
+    """
+    logger = logging.getLogger("paramiko")
+    if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+
+
+silence_paramiko()
 
 
 class HostKeyRejected(paramiko.SSHException):
@@ -49,8 +71,12 @@ class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
         self.known_hosts = known_hosts
 
     def missing_host_key(self, client, hostname, key):
+        try:
+            append_known_host(self.known_hosts, hostname, key)
+        except OSError as exc:
+            raise HostKeyRejected(f"cannot record the host key of {hostname} in {self.known_hosts} "
+                                  f"({exc.strerror or exc}), and host_key_policy accept-new trusts only a recorded key") from None
         client.get_host_keys().add(hostname, key.get_name(), key)
-        append_known_host(self.known_hosts, hostname, key)
 
 
 class TrustAllPolicy(paramiko.MissingHostKeyPolicy):
@@ -77,14 +103,25 @@ def append_known_host(path, hostname, key):
 
 
 class HostKeyStore:
-    """The known_hosts file, parsed once per run and shared by every connection."""
+    """The known_hosts file, parsed once per run and shared by every connection.
+
+    Checked before any host is contacted, since it applies to every host: a
+    known_hosts that is a directory or cannot be read is a `UsageError`, and
+    so, under ``accept-new`` (which records new keys), is one that cannot be
+    written. Lines that are not known_hosts lines are skipped, as OpenSSH does.
+    """
 
     def __init__(self, policy, known_hosts):
         self.policy = policy
         self.path = Path(known_hosts).expanduser()
         self.keys = paramiko.HostKeys()
-        if policy != "off" and self.path.exists():
-            self.keys.load(str(self.path))
+        if policy == "off":
+            return
+        problem = known_hosts_problem(self.path, must_write=policy == "accept-new")
+        if problem is not None:
+            raise UsageError(f"known_hosts {known_hosts}: {problem}")
+        if self.path.is_file():
+            load_known_hosts(self.keys, self.path)
 
     def apply(self, client, host, port):
         """Give `client` what we know of `host:port` and the missing-key policy."""
@@ -102,39 +139,51 @@ class HostKeyStore:
         return AcceptNewPolicy(self.path)
 
 
-class BoundedThreadingGroup(ThreadingGroup):
-    """A `ThreadingGroup` that works on at most `parallel` hosts at once.
+def known_hosts_problem(path, must_write):
+    """Why `path` cannot serve as known_hosts (read, and written when `must_write`), or None."""
+    from .config import directory_problem, path_exists
 
-    Fabric's ThreadingGroup starts one thread per host with no limit; 200
-    boards would mean 200 simultaneous handshakes. This keeps the same
-    `GroupResult` shape (connection -> result or exception).
+    if not path_exists(path):
+        if not must_write:
+            return None
+        problem = directory_problem(path.parent)
+        return None if problem is None else f"cannot be created ({problem}), and host_key_policy accept-new records new host keys in it"
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "is a directory (defaults.known_hosts names a file)"
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):  # /dev/null is a known_hosts that knows nobody
+        return "is not a regular file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read: permission denied"
+    if must_write and not os.access(path, os.W_OK):
+        return ("is read-only, and host_key_policy accept-new records new host keys in it "
+                "(make it writable, or use host_key_policy strict)")
+    return None
+
+
+def load_known_hosts(keys, path):
+    """Add the entries of the known_hosts file at `path` to `keys`, skipping lines that are not entries.
+
+    Paramiko's own `HostKeys.load` raises on a line with bad base64 and on
+    bytes that are not UTF-8; OpenSSH skips such lines, and so do we.
     """
-
-    parallel = 32
-
-    @classmethod
-    def bounded(cls, connections, parallel):
-        """A group over `connections` with at most `parallel` at work."""
-        group = cls.from_connections(connections)
-        group.parallel = max(1, int(parallel))
-        return group
-
-    def map(self, work):
-        """Run ``work(connection)`` per host; a `GroupResult` of results or exceptions."""
-        results = GroupResult()
-        with ThreadPoolExecutor(max_workers=min(self.parallel, max(1, len(self)))) as pool:
-            futures = {cxn: pool.submit(work, cxn) for cxn in self}
-        for cxn, future in futures.items():
-            error = future.exception()
-            results[cxn] = error if error is not None else future.result()
-        return results
-
-    def _do(self, method, *args, **kwargs):
-        """Fabric's hook for run/sudo/put/get, with the same raise-on-failure contract."""
-        results = self.map(lambda cxn: getattr(cxn, method)(*args, **kwargs))
-        if results.failed:
-            raise GroupException(results)
-        return results
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"known_hosts {path}: cannot be read: {exc.strerror or exc}") from None
+    for number, raw in enumerate(data.splitlines(), 1):
+        line = raw.decode("utf-8", "replace").strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+        except Exception:  # noqa: BLE001 - a malformed line is skipped, whatever paramiko raises for it
+            continue
+        if entry is not None:
+            keys._entries.append(entry)
 
 
 def fabric_config(base=None):
@@ -142,24 +191,209 @@ def fabric_config(base=None):
     return base if isinstance(base, Config) else Config()
 
 
-def build_connection(entry, defaults, keys, config, config_hosts=()):
-    """A Fabric `Connection` for `entry` honouring its port, key, gateway and ~/.ssh/config."""
-    timeout = defaults.connect_timeout
-    connect_kwargs = {"banner_timeout": timeout, "auth_timeout": timeout, "channel_timeout": timeout}
+class KeyFileError(paramiko.AuthenticationException):
+    """The host's ``ssh_key`` file is missing or unreadable: found before connecting, reported per host."""
+
+
+class ConnectFailed(Exception):
+    """A connection step failed in a way its message names (``unreachable``): not an SSH server, say."""
+
+    status = "unreachable"
+
+
+class ConnectStalled(ConnectFailed, TimeoutError):
+    """A connection step (TCP, banner, key exchange, authentication, session) got no answer in time."""
+
+
+class GatewayFailure(Exception):
+    """Reaching a host's gateway failed; `cause` is why, `gateway` names the jump host."""
+
+    def __init__(self, gateway, cause):
+        super().__init__(f"via gateway {gateway}: {cause}")
+        self.gateway, self.cause = gateway, cause
+
+
+def key_file_problem(ssh_key):
+    """Why the private key file `ssh_key` cannot be used (``no such file``...), or None."""
+    path = os.path.expanduser(ssh_key)
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            return "is a directory, not a private key file"
+        if not stat.S_ISREG(mode):
+            return "is not a regular file"
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return "no such file"
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    return None
+
+
+class FleetConnection(Connection):
+    """A Fabric `Connection` whose every connection step has a deadline and a name when it fails.
+
+    * `connect_timeout` stays a float (Fabric rounds it down to whole seconds;
+      0.5 would become "no timeout");
+    * the ``ssh_key`` is checked before connecting: a missing file is
+      `KeyFileError` (``auth-failed``), never a dial;
+    * a step that gets no answer raises `ConnectStalled` naming it (no SSH
+      banner, key exchange, authentication, session), so a host that accepts
+      TCP and then stalls is ``unreachable`` within its deadline;
+    * a failure on the way through a gateway is `GatewayFailure`, naming the
+      gateway; closing a connection closes its gateways too.
+    """
+
+    # Declared here because Fabric's Connection (an invoke DataProxy) turns an
+    # assignment to an undeclared attribute into a key of the shared config.
+    key_problem = None
+    label = None
+
+    def __init__(self, *args, connect_timeout=None, key_problem=None, label=None, **kwargs):
+        super().__init__(*args, connect_timeout=connect_timeout, **kwargs)
+        self.connect_timeout = connect_timeout
+        self.key_problem = key_problem
+        self.label = label or self.host
+
+    def open(self):
+        """Connect (gateway first), or raise why not, named."""
+        if self.is_connected:
+            return None
+        if self.key_problem is not None:
+            raise self.key_problem
+        try:
+            return super().open()
+        except GatewayFailure:
+            raise
+        except Exception as exc:
+            named = self.named_failure(exc)
+            if named is None:
+                raise
+            raise named from exc
+
+    def named_failure(self, exc):
+        """The `ConnectFailed` (mostly `ConnectStalled`) naming the step of `open` that failed, or None."""
+        seconds = f"{self.connect_timeout:g}s"
+        text = str(exc)
+        if type(exc) in (TimeoutError, socket.timeout):
+            return ConnectStalled(f"no answer to the TCP connection within {seconds}")
+        if isinstance(exc, paramiko.AuthenticationException) and "Authentication timeout" in text:
+            return ConnectStalled(f"authentication did not finish within {seconds}")
+        if not isinstance(exc, paramiko.SSHException):
+            return None
+        if text.startswith("Error reading SSH protocol banner"):
+            if isinstance(exc.__context__, (EOFError, ConnectionError)):
+                return ConnectFailed("the connection was closed before an SSH banner: is it an SSH server?")
+            return ConnectStalled(f"no SSH banner within {seconds}")
+        if text.startswith("Indecipherable protocol version"):
+            return ConnectFailed("not an SSH server: it answered, but no line of it is an SSH banner")
+        if "No existing session" in text or "Negotiation timed out" in text:
+            transport = self.client.get_transport()
+            if transport is None or not transport.remote_version:
+                return ConnectStalled(f"no SSH banner within {seconds}")
+            return ConnectStalled(f"SSH key exchange did not finish within {seconds}")
+        return None
+
+    def open_gateway(self):
+        """The channel through the gateway; `GatewayFailure` naming the gateway when it cannot be had."""
+        try:
+            return super().open_gateway()
+        except Exception as exc:
+            raise GatewayFailure(gateway_label(self.gateway), exc) from exc
+
+    def create_session(self):
+        """A session channel; `ConnectStalled` when the host does not open it within the connect timeout."""
+        try:
+            return super().create_session()
+        except paramiko.SSHException as exc:
+            if "Timeout opening channel" in str(exc):
+                raise ConnectStalled(f"session not opened within {self.connect_timeout:g}s") from exc
+            raise
+
+    def close(self):
+        """Close the connection and then its gateways (Fabric leaves a gateway open)."""
+        try:
+            super().close()
+        finally:
+            if isinstance(self.gateway, Connection):
+                self.gateway.close()
+
+
+def gateway_label(gateway):
+    """How messages name a gateway: its config name, ``user@host:port`` (a ProxyJump), or the ProxyCommand."""
+    if isinstance(gateway, FleetConnection):
+        return gateway.label
+    if isinstance(gateway, Connection):
+        return f"{gateway.user}@{gateway.host}:{gateway.port}"
+    return f"ProxyCommand {gateway!r}"
+
+
+def apply_deadlines(config, timeout):
+    """Give every Connection made from `config` our step deadlines, also the hops Fabric builds itself.
+
+    A ``ProxyJump`` of ~/.ssh/config becomes a plain Fabric `Connection` made
+    inside Fabric, from this config: without this, its banner, authentication
+    and forwarding channel would wait paramiko's defaults (15 s, 30 s, an hour).
+    """
+    wanted = {"banner_timeout": timeout, "auth_timeout": timeout, "channel_timeout": timeout}
+    connect = max(1, math.ceil(timeout))  # Fabric keeps whole seconds for a Connection it makes
+    with _CONFIG_LOCK:  # once per run in practice: each set merges invoke's config levels again
+        if config.timeouts.connect != connect:
+            config.timeouts.connect = connect
+        for key, value in wanted.items():
+            if config.connect_kwargs.get(key) != value:
+                config.connect_kwargs[key] = value
+
+
+def connect_kwargs_for(entry, timeout):
+    """paramiko's connect arguments for `entry`: every step's deadline is `timeout`."""
+    kwargs = {"banner_timeout": timeout, "auth_timeout": timeout, "channel_timeout": timeout}
     if entry.ssh_key:
-        connect_kwargs["key_filename"] = [os.path.expanduser(entry.ssh_key)]
-        connect_kwargs["look_for_keys"] = False
+        kwargs["key_filename"] = [os.path.expanduser(entry.ssh_key)]
+        kwargs["look_for_keys"] = False
+    return kwargs
+
+
+def build_connection(entry, defaults, keys, config, config_hosts=(), _chain=()):
+    """A `FleetConnection` for `entry` honouring its port, key, gateway and ~/.ssh/config.
+
+    Every connection step -- TCP connect, SSH banner, key exchange,
+    authentication, opening a session (also the gateway's forwarding
+    channel) -- has `defaults.connect_timeout` seconds. A gateway that names a
+    config host is built the same way, with that host's own gateway: a chain
+    ``h00 -> h01 -> h02`` opens ``h02`` first. A loop, or more than
+    `MAX_GATEWAY_HOPS` hops, is a `UsageError` (the config's load refuses
+    both already; this guards callers that build entries themselves).
+    """
+    timeout = float(defaults.connect_timeout)
+    apply_deadlines(config, timeout)
+    chain = (*_chain, entry.name)
     gateway = None
     if entry.gateway:
-        gateway = build_connection(gateway_entry(entry.gateway, config_hosts), defaults, keys, config)
-    cxn = Connection(
+        hop = gateway_entry(entry.gateway, config_hosts)
+        if hop.name in chain:
+            raise UsageError(f"gateway loop {' -> '.join((*chain, hop.name))}: none of them can ever be reached")
+        if len(chain) > MAX_GATEWAY_HOPS:
+            raise UsageError(f"gateway chain {' -> '.join(chain[:4])} -> ... is longer than {MAX_GATEWAY_HOPS} hops")
+        gateway = build_connection(hop, defaults, keys, config, config_hosts, chain)
+    key_problem = None
+    if entry.ssh_key:
+        problem = key_file_problem(entry.ssh_key)
+        if problem is not None:
+            key_problem = KeyFileError(f"ssh_key {entry.ssh_key}: {problem}")
+    cxn = FleetConnection(
         host=entry.host,
         user=entry.user,
         port=entry.port,
         config=config,
         gateway=gateway,
-        connect_timeout=int(timeout) or 1,
-        connect_kwargs=connect_kwargs,
+        connect_timeout=timeout,
+        connect_kwargs=connect_kwargs_for(entry, timeout),
+        key_problem=key_problem,
+        label=entry.name,
     )
     keys.apply(cxn.client, cxn.host, cxn.port)
     return cxn
@@ -174,11 +408,27 @@ def gateway_entry(gateway, config_hosts):
         return named
     if "@" not in gateway:
         raise UsageError(f"gateway {gateway!r} is neither a host name in the config nor user@host[:port]")
-    return parse_target(gateway)
+    return parse_target(gateway, "gateway")
+
+
+#: paramiko's words for a private key file it cannot use (pkey.py): an ``auth-failed``, not an unreachable host.
+KEY_FILE_SIGNS = ("private key file", "not a valid", "Invalid key", "Unable to parse key", "key file",
+                  "encountered", "Unknown key type", "PEM")
 
 
 def classify_failure(exc, connect_timeout):
     """(status, message) for an exception raised while talking to a host."""
+    status, message = _classify(exc, connect_timeout)
+    return status, one_line(message, 500)
+
+
+def _classify(exc, connect_timeout):
+    if isinstance(exc, GatewayFailure):
+        return gateway_failure(exc, connect_timeout)
+    if isinstance(exc, KeyFileError):
+        return "auth-failed", str(exc)
+    if isinstance(exc, ConnectFailed):
+        return exc.status, str(exc)
     if isinstance(exc, paramiko.BadHostKeyException):
         return "hostkey-rejected", (
             f"host key CHANGED for {exc.hostname} (got {exc.key.get_fingerprint().hex()}): "
@@ -187,56 +437,51 @@ def classify_failure(exc, connect_timeout):
     if isinstance(exc, HostKeyRejected):
         return "hostkey-rejected", str(exc)
     if isinstance(exc, paramiko.AuthenticationException):
+        if "Authentication timeout" in str(exc):
+            return "unreachable", f"authentication did not finish within {connect_timeout:g}s"
         return "auth-failed", f"authentication failed: {exc}"
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "unreachable", f"no answer within {connect_timeout:g}s"
+        if type(exc) in (socket.timeout, TimeoutError):
+            return "unreachable", f"no answer within {connect_timeout:g}s"
+        return getattr(exc, "status", "unreachable"), str(exc)  # deadlines.HostStalled and the like: named
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         return "unreachable", f"connection refused ({exc.strerror or exc})"
-    if isinstance(exc, (OSError, EOFError)):
+    if isinstance(exc, EOFError):
+        return "unreachable", "the host closed the connection" + (f" ({exc})" if str(exc) else "")
+    if isinstance(exc, OSError):
         return "unreachable", f"{type(exc).__name__}: {exc}"
     if isinstance(exc, paramiko.SSHException):
         text = str(exc)
+        if "Timeout opening channel" in text:
+            return "unreachable", f"session not opened within {connect_timeout:g}s"
         # A listener that accepts but never speaks ends either in a banner
         # timeout or, when the handshake wait expires first, "No existing session".
-        if any(sign in text for sign in ("banner", "No existing session", "Negotiation failed")):
+        if any(sign in text for sign in ("banner", "No existing session", "Negotiation")):
             return "unreachable", f"no SSH handshake within {connect_timeout:g}s (is it an SSH server?)"
         if "No authentication methods available" in text:
             return "auth-failed", "no SSH key to offer: set ssh_key, use ~/.ssh/config or an agent, or pass fab -i KEY"
+        if any(sign in text for sign in KEY_FILE_SIGNS):
+            return "auth-failed", f"the private key cannot be used: {text}"
         return "unreachable", f"SSH error: {text}"
     return "failed", f"{type(exc).__name__}: {exc}"
+
+
+def gateway_failure(exc, connect_timeout):
+    """A failure on the way through a gateway: the gateway's own status, its message prefixed with it."""
+    cause = exc.cause
+    if isinstance(cause, paramiko.ChannelException):
+        return "unreachable", f"via gateway {exc.gateway}: it could not connect onwards ({cause.text or cause})"
+    if isinstance(cause, paramiko.SSHException) and "Timeout opening channel" in str(cause):
+        return "unreachable", (f"via gateway {exc.gateway}: it did not open the forwarding channel "
+                               f"within {connect_timeout:g}s")
+    status, message = _classify(cause, connect_timeout)
+    return status, f"via gateway {exc.gateway}: {message}"
 
 
 def failure_report(entry, exc, started, connect_timeout):
     """The `HostReport` of a host whose work raised `exc` (a failure named by `classify_failure`)."""
     status, message = classify_failure(exc, connect_timeout)
     return HostReport(entry.name, entry.address, status, time.monotonic() - started, message)
-
-
-def fan_out(entries, work, defaults, parallel=None, base_config=None, config_hosts=()):
-    """Run ``work(connection, entry) -> HostReport`` on every host, in parallel.
-
-    Returns the reports in the order of `entries`. A host that cannot be
-    reached, authenticated or trusted becomes a report with that status; it
-    never stops or delays the others beyond the connect timeout. Connections
-    are closed before returning.
-    """
-    keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
-    config = fabric_config(base_config)
-    connections = [build_connection(e, defaults, keys, config, config_hosts) for e in entries]
-    by_connection = dict(zip(connections, entries))
-
-    def guarded(cxn):
-        entry, started = by_connection[cxn], time.monotonic()
-        try:
-            return work(cxn, entry)
-        except Exception as exc:  # a host's failure is its report, never the run's crash
-            return failure_report(entry, exc, started, defaults.connect_timeout)
-        finally:
-            close_quietly(cxn)
-
-    group = BoundedThreadingGroup.bounded(connections, parallel or defaults.parallel)
-    results = group.map(guarded)
-    return [results[cxn] for cxn in connections]
 
 
 def close_quietly(cxn):

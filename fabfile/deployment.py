@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from . import remote_files
 from .config import model_choice
+from .deadlines import deadline, step_seconds
 from .errors import UsageError
 from .facts import BINARY_PATH, CONFIG_FILE, ENV_FILE, PICOCLAW_DIR, parse_version, probe_host
 from .provisioning import ProvisioningError, provision_model
@@ -141,7 +142,7 @@ def deploy_host(cxn, entry, plan, facts=None):
     """Install PicoClaw on one host per `plan`; a `HostReport` (never raises for the host's faults).
 
     Contract for other verbs (dispatch's auto-deploy and --ephemeral): pass
-    the connection and `HostEntry` that `connections.fan_out` hands to its
+    the connection and `HostEntry` that `fanout.fan_out` hands to its
     work function, a plan from `deploy_plan` (build it once per run), and the
     host's `facts.HostFacts` if already probed (else this probes). Status is
     ``ok`` with details ``arch, binary (installed|upgraded|downgraded|
@@ -149,7 +150,7 @@ def deploy_host(cxn, entry, plan, facts=None):
     unchanged), onboard (ran|skipped), model (configured|unchanged),
     model_name, restrict_to_workspace, uploaded_bytes`` (everything written
     to this host: binary and files); otherwise a failure
-    status (``unsupported-arch``, ``no-asset``, ``checksum-mismatch``,
+    status (``unsupported-arch``, ``no-asset``, ``checksum-mismatch``, ``unverified``,
     ``download-failed``, ``bad-asset``, ``failed``) with a one-line message.
     A dropped connection propagates as an exception for `fan_out` to classify
     (``unreachable``). The previous binary stays in place on any failure.
@@ -239,7 +240,8 @@ def binary_version(cxn, path):
         f"if command -v timeout >/dev/null 2>&1; then timeout {VERSION_TIMEOUT} {quoted} version; "
         f"else {quoted} version; fi </dev/null 2>&1"
     )
-    result = cxn.run(command, hide=True, warn=True, in_stream=False)
+    with deadline(cxn, "running the new binary's version", step_seconds(cxn, VERSION_TIMEOUT)):
+        result = cxn.run(command, hide=True, warn=True, in_stream=False)
     output = result.stdout.strip()
     if result.failed:
         last = (output.splitlines() or [f"exit {result.exited}"])[-1]
@@ -266,7 +268,8 @@ def onboard(cxn, timeout):
     if remote_files.exists(cxn, CONFIG_FILE):
         return "skipped"
     binary = shlex.quote(remote_files.absolute(cxn, BINARY_PATH))
-    result = cxn.run(f"{binary} onboard </dev/null", hide=True, warn=True, in_stream=False, timeout=timeout)
+    with deadline(cxn, "picoclaw onboard", step_seconds(cxn, timeout)):
+        result = cxn.run(f"{binary} onboard </dev/null", hide=True, warn=True, in_stream=False, timeout=timeout)
     if result.failed:
         text = (result.stderr.strip() or result.stdout.strip() or f"exit {result.exited}").splitlines()[-1]
         raise DeployError(f"picoclaw onboard failed: {text}")
@@ -279,14 +282,16 @@ def onboard(cxn, timeout):
 def deploy_fleet(fleet, entries, version=None, from_file=None, force=False, parallel=None, base_config=None, environ=None,
                  allow_unverified=False):
     """The ``deploy`` verb: plan once, then `deploy_host` on every selected host in parallel."""
-    from .connections import fan_out
+    from .fanout import fan_out
     from .report import FleetReport
 
     plan = deploy_plan(fleet, version, from_file, force, environ, allow_unverified)
     for entry in entries:
         plan.model_for(entry)  # a host with no usable model is a usage error before any host is contacted
-    reports = fan_out(entries, lambda cxn, entry: deploy_host(cxn, entry, plan), fleet.defaults, parallel, base_config, fleet.hosts)
-    return FleetReport("deploy", reports, {"release": plan.binaries.describe(), "uploaded_bytes": plan.uploaded.total})
+    done = fan_out(entries, lambda cxn, entry: deploy_host(cxn, entry, plan), fleet.defaults, parallel, base_config,
+                   fleet.hosts)
+    return FleetReport("deploy", done.reports, {"release": plan.binaries.describe(), "uploaded_bytes": plan.uploaded.total},
+                       interrupted=done.interrupted)
 
 
 def render_deploy(report):
@@ -297,7 +302,9 @@ def render_deploy(report):
     origin = (
         f"from {source['from_file']} (sha256 {source['sha256'][:12]})"
         if "from_file" in source
-        else f"{source['repo']} {source['tag']}"
+        else f"{source['repo']} {source['tag']} (verified by {source['verification']})"
+        if not source.get("verification", "").startswith(("unverified", "none"))
+        else f"{source['repo']} {source['tag']} ({source['verification']})"
     )
     rows = [deploy_row(host) for host in report.hosts]
     headers = ["HOST", "ADDRESS", "STATUS", "ARCH", "BINARY", "VERSION", "MODEL", ".ENV", "ONBOARD", "NOTE"]

@@ -19,12 +19,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .agent_command import AgentOptions, agent_report, run_agent, task_bytes
+from .agent_command import AgentOptions, agent_report, run_agent, stop_running_tasks, task_bytes
 from .errors import UsageError
 from .report import FleetReport, HostReport
 
 #: Every host's JSON carries these, even a host the task never reached.
-OUTPUT_FIELDS = {"answer": "", "stdout": "", "stderr": "", "log": "", "exit_code": None}
+OUTPUT_FIELDS = {"answer": "", "stdout": "", "stderr": "", "log": "", "exit_code": None,
+                 "dropped_bytes": {"stdout": 0, "stderr": 0}, "not_utf8": []}
 
 
 @dataclass(frozen=True)
@@ -49,24 +50,32 @@ class Selection:
 
 
 def dispatch_targets(fleet, host=None, hosts=None, all_hosts=False):
-    """Which hosts the flags name, and how the task goes to them; `UsageError` on a contradiction."""
-    from .config import select_hosts
+    """Which hosts the flags name, and how the task goes to them; `UsageError` on a contradiction.
 
-    if host and (hosts or all_hosts):
+    A flag given with nothing in it (``--host ''``, ``--hosts ,,``) or a
+    config with no hosts is `config.no_hosts_selected`, as in every verb.
+    """
+    from .config import no_hosts_selected, select_hosts
+
+    if host is not None and (hosts is not None or all_hosts):
         raise UsageError("--host names one host; use --hosts or --all (not both) to broadcast")
-    if hosts and all_hosts:
+    if hosts is not None and all_hosts:
         raise UsageError("give --all or --hosts, not both")
-    if host:
-        entries = select_hosts(fleet, host)
+    if host is not None:
+        entries = select_hosts(fleet, host, "--host")
         if len(entries) != 1:
-            names = ", ".join(e.name for e in entries)
+            names = ", ".join(e.name for e in entries[:8]) + (", ..." if len(entries) > 8 else "")
             raise UsageError(f"--host {host!r} matches {len(entries)} hosts ({names}); use --hosts to broadcast")
         return Targets(entries, "named")
-    if hosts or all_hosts:
+    if hosts is not None or all_hosts:
         return Targets(select_hosts(fleet, hosts), "broadcast")
     if not fleet.hosts:
-        raise UsageError(f"no hosts in {fleet.path}: add some, or name one with --host user@host")
+        raise no_hosts_selected(fleet)
     return Targets(list(fleet.hosts), "policy")
+
+
+#: As the config's ``timeout`` (fleet.schema.json) and a batch line's: at most a day.
+MAX_TIMEOUT_S = 86400
 
 
 def check_timeout(value):
@@ -75,8 +84,8 @@ def check_timeout(value):
         seconds = float(value)
     except (TypeError, ValueError):
         raise UsageError(f"--timeout must be a number of seconds, not {value!r}") from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise UsageError(f"--timeout must be more than 0 seconds, not {value!r}")
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise UsageError(f"--timeout must be more than 0 seconds and at most {MAX_TIMEOUT_S} (a day), not {value!r}")
     return seconds
 
 
@@ -98,8 +107,8 @@ def dispatch(fleet, targets, text, timeout_s=None, deploy=True, ephemeral=False,
         deployer.plan()
     worker = Worker(task, timeout_s, deployer, ephemeral, notify or quiet, fleet.defaults.connect_timeout, options)
     if targets.mode == "broadcast":
-        reports = fan_out_with_output(fleet, targets.entries, worker.run, parallel, base_config)
-        report = FleetReport("dispatch", reports)
+        done = fan_out_with_output(fleet, targets.entries, worker.run, parallel, base_config)
+        report = FleetReport("dispatch", done.reports, interrupted=done.interrupted)
     else:
         report = dispatch_one(fleet, targets, worker, parallel, base_config)
     if deployer is not None:
@@ -122,18 +131,22 @@ def dispatch_one(fleet, targets, worker, parallel, base_config):
         if not selection.installed:
             worker.deployer.plan()  # a usage error (no API key...) is raised here, before the deploy
         worker.notify(f"{selection.entry.name}: chosen: {selection.reason}")
-    reports = fan_out_with_output(fleet, [selection.entry], worker.run, parallel, base_config)
-    return FleetReport("dispatch", reports, {"selected": selection.to_json()})
+    done = fan_out_with_output(fleet, [selection.entry], worker.run, parallel, base_config)
+    return FleetReport("dispatch", done.reports, {"selected": selection.to_json()}, interrupted=done.interrupted)
 
 
 def fan_out_with_output(fleet, entries, work, parallel, base_config):
-    """`connections.fan_out`, with the output fields on every report so JSON has one shape."""
-    from .connections import fan_out
+    """`fanout.fan_out` of the task, with the output fields on every report so JSON has one shape.
 
-    reports = fan_out(entries, work, fleet.defaults, parallel, base_config, fleet.hosts)
-    for report in reports:
+    A stop (Ctrl-C, SIGTERM, SIGHUP) TERMs PicoClaw on every host still
+    running it, through that host's own connection.
+    """
+    from .fanout import fan_out
+
+    done = fan_out(entries, work, fleet.defaults, parallel, base_config, fleet.hosts, stop=stop_running_tasks)
+    for report in done.reports:
         report.details = {**OUTPUT_FIELDS, **report.details}
-    return reports
+    return done
 
 
 # --- choosing the worker --------------------------------------------------------------------
@@ -141,10 +154,14 @@ def fan_out_with_output(fleet, entries, work, parallel, base_config):
 
 def select_worker(fleet, candidates, parallel, base_config, deploy):
     """Probe `candidates` and choose one: (`Selection`, None), or (None, a report saying why not)."""
-    from .connections import fan_out
     from .facts import status_report
+    from .fanout import fan_out
 
-    probes = fan_out(candidates, status_report, fleet.defaults, parallel, base_config, fleet.hosts)
+    done = fan_out(candidates, status_report, fleet.defaults, parallel, base_config, fleet.hosts)
+    probes = done.reports
+    if done.interrupted:
+        reports = [no_worker_report(p, "stopped while choosing the host") for p in probes]
+        return None, FleetReport("dispatch", reports, {"selected": None}, interrupted=True)
     selection = choose_worker(candidates, probes)
     if selection is None:
         reports = [no_worker_report(p, "no reachable host to run the task on") for p in probes]
@@ -228,7 +245,7 @@ class Worker:
     options: AgentOptions = AgentOptions()
 
     def run(self, cxn, entry):
-        """The per-host function for `connections.fan_out`."""
+        """The per-host function for `fanout.fan_out`."""
         started = time.monotonic()
         steps = []
         report = self.deploy_and_run(cxn, entry, steps)

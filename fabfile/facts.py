@@ -11,6 +11,8 @@ import shlex
 import time
 from dataclasses import dataclass
 
+from .deadlines import deadline, step_seconds
+
 from .report import HostReport
 
 #: Where deploy installs PicoClaw and PicoClaw keeps its files, relative to the
@@ -258,15 +260,25 @@ def measure_latency(cxn):
     """One SSH round trip in milliseconds (a keepalive request that the server answers)."""
     transport = cxn.client.get_transport()
     started = time.monotonic()
-    transport.global_request("keepalive@openssh.com", wait=True)
+    with deadline(cxn, "the SSH keepalive"):
+        transport.global_request("keepalive@openssh.com", wait=True)
     return (time.monotonic() - started) * 1000
 
 
+#: The probe's own deadline, besides the connection's: ``picoclaw version`` may take its 10 s.
+PROBE_VERSION_S = 10
+
+
 def probe_host(cxn):
-    """Open the connection, run the probe, and return the host's `HostFacts`."""
+    """Open the connection, run the probe, and return the host's `HostFacts`.
+
+    Each step has a deadline (`deadlines`): a host that accepts the
+    connection and then stops answering ends as `HostStalled`, not a hang.
+    """
     cxn.open()
     latency = measure_latency(cxn)
-    result = cxn.run(PROBE_COMMAND, hide=True, warn=True, in_stream=False)
+    with deadline(cxn, "the status probe", step_seconds(cxn, PROBE_VERSION_S)):
+        result = cxn.run(PROBE_COMMAND, hide=True, warn=True, in_stream=False)
     facts = parse_probe(result.stdout)
     facts.latency_ms = latency
     return facts
@@ -316,11 +328,11 @@ def yes_no(value):
 
 def fleet_status(config, entries, parallel=None, base_config=None):
     """Probe every selected host: the ``status`` verb's `FleetReport`."""
-    from .connections import fan_out
+    from .fanout import fan_out
     from .report import FleetReport
 
-    reports = fan_out(entries, status_report, config.defaults, parallel, base_config, config.hosts)
-    return FleetReport("status", reports)
+    done = fan_out(entries, status_report, config.defaults, parallel, base_config, config.hosts)
+    return FleetReport("status", done.reports, interrupted=done.interrupted)
 
 
 def render_status(report):

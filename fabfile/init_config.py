@@ -11,7 +11,8 @@ import os
 import re
 import tempfile
 
-from .config import TEMPLATE, config_path, parse_config_text, parse_target, validate_config, write_template
+from .config import (TEMPLATE, config_path, directory_problem, os_reason, parse_config_text, parse_port,
+                     parse_target, path_exists, validate_config, write_template)
 from .errors import UsageError
 
 #: Defaults a new config starts with: the same provider and key variable as the template.
@@ -19,6 +20,9 @@ NEW_CONFIG_DEFAULTS = dict(TEMPLATE["defaults"])
 
 #: ``Host`` patterns, not hosts: ``*``, ``?`` and negation never name one machine.
 PATTERN_CHARS = re.compile(r"[*?!]")
+
+#: What a host name may be (the schema's ``hosts[].name`` pattern).
+HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def init_fleet_config(explicit=None, force=False, targets=(), fabric_config=None, warn=print):
@@ -40,7 +44,10 @@ def init_fleet_config(explicit=None, force=False, targets=(), fabric_config=None
         hosts = hosts_from_ssh_config(fabric_config.base_ssh_config, fabric_config.user, warn)
         if not hosts:
             raise UsageError("the ssh config names no concrete Host alias (wildcards are skipped)")
-    hosts += hosts_from_targets(targets)
+    added = hosts_from_targets(targets)
+    if targets and not added:
+        raise UsageError(f"no hosts selected: --host {','.join(targets)!r} names none")
+    hosts += added
     path, names = add_hosts(explicit, hosts, force)
     plural = "host" if len(names) == 1 else "hosts"
     again = f" --config {explicit}" if explicit else ""
@@ -50,7 +57,7 @@ def init_fleet_config(explicit=None, force=False, targets=(), fabric_config=None
 def write_template_config(explicit=None, force=False):
     """Write the seed's template config; an existing file needs `force` to be replaced."""
     path = config_path(explicit)
-    if path.exists() and not force:
+    if path_exists(path) and not force:
         raise UsageError(f"{path} already exists: pass --force to replace it with the template")
     return write_template(path)
 
@@ -66,7 +73,7 @@ def add_hosts(explicit=None, new_hosts=(), force=False):
     if not new_hosts:
         raise UsageError("no hosts to add")
     path = config_path(explicit)
-    data = parse_config_text(path) if path.exists() and not force else new_config()
+    data = parse_config_text(path) if path_exists(path) and not force else new_config()
     if not isinstance(data, dict) or not isinstance(data.get("hosts"), list):
         raise UsageError(f"{path}: expected an object with a 'hosts' list; fix it or pass --force")
     data["hosts"] = [h for h in data["hosts"] if h not in TEMPLATE["hosts"]]
@@ -84,7 +91,7 @@ def new_config():
 
 def refuse_duplicates(current, new_hosts):
     """One usage error naming every host name that is already taken or given twice."""
-    taken = {h.get("name") for h in current if isinstance(h, dict)}
+    taken = {h.get("name") for h in current if isinstance(h, dict) and isinstance(h.get("name"), str)}
     clashes = []
     for host in new_hosts:
         if host["name"] in taken:
@@ -96,16 +103,31 @@ def refuse_duplicates(current, new_hosts):
 
 
 def save_json(path, data):
-    """Replace `path` with `data` in one rename, so a crash never leaves half a config."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Replace `path` with `data` in one rename, so a crash never leaves half a config.
+
+    `UsageError` when the directory cannot hold it (a file where a directory
+    should be, read-only...): the old config, if any, is left as it was.
+    """
+    problem = directory_problem(path.parent)
+    if problem is not None:
+        raise UsageError(f"cannot write config {path}: {problem}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write config {path}: {os_reason(exc)}") from None
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(data, indent=2) + "\n")
         os.chmod(temp, 0o644)
         os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
+    except BaseException as exc:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise UsageError(f"cannot write config {path}: {os_reason(exc)}") from None
         raise
 
 
@@ -121,7 +143,10 @@ def hosts_from_targets(targets):
         name, _, target = item.rpartition("=")
         if "@" not in target:
             raise UsageError(f"bad --host {item!r}: expected [NAME=]user@addr[:port]")
-        entry = parse_target(target)
+        entry = parse_target(target, "--host")
+        if not name and not HOST_NAME.fullmatch(entry.name):
+            raise UsageError(f"bad --host {item!r}: {entry.name!r} cannot be a host name "
+                             "(letters, digits, '.', '_', '-'): give one, as NAME=user@addr")
         host = {"name": name or entry.name, "host": entry.host, "user": entry.user}
         if entry.port:
             host["port"] = entry.port
@@ -149,10 +174,10 @@ def hosts_from_ssh_config(ssh_config, default_user, warn):
 def ssh_host_entry(alias, found, default_user, aliases, warn):
     """The ``hosts[]`` dict for one alias, or None (with a warning) when it cannot be expressed."""
     host = {"name": alias, "host": found.get("hostname", alias), "user": found.get("user", default_user)}
-    port = found.get("port", "22")
-    if not port.isdigit():
-        raise UsageError(f"ssh config: Host {alias} has Port {port!r}, not a number")
-    port = int(port)
+    port_text = found.get("port", "22")
+    port = parse_port(port_text)
+    if port is None:
+        raise UsageError(f"ssh config: Host {alias} has Port {port_text!r}, not a number from 1 to 65535")
     if port != 22:
         host["port"] = port
     if found.get("identityfile"):

@@ -28,6 +28,8 @@ def show_inline(report, out=None, err=None, raw=False):
     out, err = out or sys.stdout, err or sys.stderr
     for host in report.hosts:
         write(out, shown_output(host, raw))
+        if host.ok and host.message:
+            write(err, f"picoclaw-fleet: {host.name}: note: {host.message}\n")
         if not host.ok:
             write(err, host.details.get("stderr", ""))
             detail = f": {host.message}" if host.message else ""
@@ -89,6 +91,8 @@ def duration_span(group):
 def block_body(host, raw=False):
     """The answer (or raw stdout); for a host that did not succeed, its stderr and what went wrong, marked."""
     text = ensure_newline(shown_output(host, raw))
+    if host.ok and host.message:
+        text += f"[note] {host.message}\n"
     if not host.ok:
         stderr = host.details.get("stderr", "")
         text += "".join(f"[stderr] {line}\n" for line in stderr.splitlines())

@@ -2,33 +2,73 @@
 
 A run resolves the release once (one GitHub API request), then fetches each
 asset it needs once, when the first host of that arch asks for it: hosts of
-one arch wait for the same download. Downloads are kept in a local cache
+one arch wait for the same download. Downloads stream into a local cache
 keyed by their sha256, so the next run of the same release downloads
-nothing, and are checked against the release's ``checksums.txt`` (or the
-digest GitHub publishes) before any host sees them.
+nothing, and are checked against the release's checksum file (or the digest
+GitHub publishes) before any host sees them. A release that publishes
+neither is not installed unless the run allows it (``--allow-unverified``).
+
+Every request to GitHub has a total deadline and a byte cap, not only
+per-read timeouts: a server that trickles a byte every few seconds, or
+sends more than it declared, fails that request instead of holding the
+deploy (see the constants below).
 
 ``--from-file`` replaces all of this with one local binary or archive: no
 network at all, for air-gapped fleets.
 """
 
+import functools
 import gzip
 import hashlib
 import io
+import json
 import os
 import re
+import socket
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 from .errors import UsageError
 
-#: How long to wait for GitHub: connect, then between bytes.
+KiB, MiB = 1024, 1024 * 1024
+
+#: Per step of any request to GitHub: connect, then the longest silence between two reads.
+#: These alone cannot stop a server that trickles; the deadlines below can.
 HTTP_TIMEOUT = (15, 60)
+#: Total time for one releases-API request (connect, redirects, headers and JSON together).
+#: GitHub answers in well under a second; a minute covers a slow link and a busy proxy.
+API_DEADLINE = 60.0
+#: The most an API answer may hold. A release's JSON is tens of KiB, a few hundred with long
+#: notes and many assets; more than this is not GitHub.
+API_MAX_BYTES = 4 * MiB
+#: Total time for fetching a release's checksum file, and the most it may hold (goreleaser's
+#: lists one ~100-byte line per asset).
+CHECKSUMS_DEADLINE = 60.0
+CHECKSUMS_MAX_BYTES = 1 * MiB
+#: An asset's total deadline is this floor (connect, GitHub's redirect to its CDN, first
+#: bytes) plus its declared size at ASSET_MIN_RATE: upstream's x86_64 archive (11.4 MB) gets
+#: 60 s + 87 s. A link slower than 1 Mbit/s for the whole download counts as stalled.
+ASSET_DEADLINE_FLOOR = 60.0
+ASSET_MIN_RATE = 128 * KiB  # bytes per second
+#: The most an asset may hold when the API declares no size (GitHub always does: then the
+#: declared size is the cap, and a longer stream is cut). Also the most a binary extracted
+#: from an archive may hold, as it is read into memory to be uploaded.
+ASSET_MAX_BYTES = 512 * MiB
+#: Redirects followed per request (GitHub sends asset downloads to its CDN: one).
+MAX_REDIRECTS = 5
+CHUNK = 64 * KiB
+
 BINARY_NAME = "picoclaw"
+GZIP_MAGIC = b"\x1f\x8b"
+#: What `ReleaseBinaries.describe` says under "verification" when nothing could be checked.
+UNVERIFIED_ALLOWED = "unverified (--allow-unverified)"
+UNVERIFIED_REFUSED = "none: refused (no checksum file, no digest)"
 
 #: The words an asset name may use for each of our arch names (``facts.normalize_arch``).
 ARCH_WORDS = {
@@ -45,6 +85,7 @@ OTHER_SYSTEMS = re.compile(r"(darwin|macos|osx|windows|win64|win32|freebsd|netbs
 NOT_BINARIES = re.compile(
     r"\.(txt|sha256|sha512|sig|asc|pem|sbom|json|deb|rpm|apk|zip|msi|pkg|dmg|md)$|checksums|sha256sums", re.I
 )
+#: ``checksums.txt``, goreleaser's ``picoclaw_<version>_checksums.txt``, ``SHA256SUMS``.
 CHECKSUMS_NAME = re.compile(r"(^|[_.-])checksums\.txt$|^sha256sums(\.txt)?$", re.I)
 
 
@@ -53,7 +94,8 @@ class ReleaseError(UsageError):
 
 
 class AssetProblem(Exception):
-    """A host's binary cannot be had; `status` names why (``no-asset``, ``checksum-mismatch``...)."""
+    """A host's binary cannot be had; `status` names why (``no-asset``, ``checksum-mismatch``,
+    ``unverified``, ``download-failed``, ``bad-asset``)."""
 
     def __init__(self, status, message):
         super().__init__(message)
@@ -86,7 +128,7 @@ class Release:
 
     @property
     def checksums(self):
-        """The ``checksums.txt`` asset, or None when the release has none."""
+        """The checksum file asset (``checksums.txt``...), or None when the release has none."""
         return next((a for a in self.assets if CHECKSUMS_NAME.search(a.name)), None)
 
 
@@ -107,6 +149,264 @@ def sha256_hex(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def amount(n):
+    """``4 MiB``, ``512 KiB``, ``100 bytes``: a byte cap as people read it."""
+    for unit, size in (("MiB", MiB), ("KiB", KiB)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+def file_sha256(path):
+    """The sha256 hex of a local file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1024 * KiB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---- bounded HTTP: a total deadline and a byte cap per request ----------------------------
+
+
+class FetchError(Exception):
+    """One bounded GET failed: `kind` is ``deadline``, ``too-long``, ``redirects`` or ``network``."""
+
+    def __init__(self, kind, message, received=0, error=None):
+        super().__init__(message)
+        self.kind, self.received, self.error = kind, received, error  # error: the exception's type name
+
+
+_ACTIVE = threading.local()  # the `Deadline` of the request this thread is making, if any
+_OWNERS = threading.Lock()  # guards which `Deadline` owns a connection (``_picoclaw_deadline``)
+
+
+def _shut(sock):
+    """Shut a socket down under whoever is blocked reading it (TLS included); never raises."""
+    if sock is not None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: leaves TLS state alone
+        except (OSError, TypeError, ValueError):
+            pass  # already closed
+
+
+class Deadline:
+    """A total time limit on one HTTP request: connect, redirects, headers and body together.
+
+    Per-read timeouts cannot stop a server that sends one byte every few
+    seconds, and `requests` blocks inside reads of 64 KiB; so a watchdog
+    thread shuts down the sockets of every connection the request used when
+    the time is up, and whatever read is blocked on them returns at once.
+    Connections register themselves (`_watched_connection`) while a deadline
+    is active in their thread. A connection back in the pool belongs to no
+    deadline, so one request's watchdog never cuts another's.
+    """
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.expired = False
+        self._ends = time.monotonic() + seconds
+        self._armed = False
+        self._connections = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        self._outer = getattr(_ACTIVE, "deadline", None)
+        _ACTIVE.deadline = self
+        self._ends = time.monotonic() + self.seconds
+        self._armed = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.disarm()
+        _ACTIVE.deadline = self._outer
+
+    def remaining(self):
+        return max(0.0, self._ends - time.monotonic())
+
+    def watch(self, connection):
+        """Shut `connection` down when the time is up (at once if it already is)."""
+        with _OWNERS:
+            if not self._armed or connection is None:
+                return
+            connection._picoclaw_deadline = self
+            if self.expired:
+                _shut(getattr(connection, "sock", None))
+            elif connection not in self._connections:
+                self._connections.append(connection)
+
+    @staticmethod
+    def release(connection):
+        """`connection` goes back to the pool: no deadline may cut it any more."""
+        with _OWNERS:
+            if connection is not None:
+                connection._picoclaw_deadline = None
+
+    def disarm(self):
+        """The request is over: never touch its connections again."""
+        with _OWNERS:
+            self._armed = False
+            for connection in self._connections:
+                if getattr(connection, "_picoclaw_deadline", None) is self:
+                    connection._picoclaw_deadline = None
+            self._connections.clear()
+        self._timer.cancel()
+
+    def _expire(self):
+        with _OWNERS:
+            if not self._armed:
+                return
+            self.expired = True
+            for connection in self._connections:
+                if getattr(connection, "_picoclaw_deadline", None) is self:
+                    _shut(getattr(connection, "sock", None))
+
+
+def _watched_connection(base):
+    class Watched(base):
+        """A urllib3 connection that puts itself under its thread's active `Deadline`."""
+
+        def connect(self):
+            deadline = getattr(_ACTIVE, "deadline", None)
+            if deadline is not None:
+                deadline.watch(self)
+            super().connect()
+            if deadline is not None:
+                deadline.watch(self)  # the socket now exists: shut it at once if time ran out meanwhile
+
+        def request(self, *args, **kwargs):
+            deadline = getattr(_ACTIVE, "deadline", None)
+            if deadline is not None:
+                deadline.watch(self)  # a pooled connection reused by this request
+            return super().request(*args, **kwargs)
+
+    Watched.__name__ = Watched.__qualname__ = f"Watched{base.__name__}"
+    return Watched
+
+
+@functools.cache
+def _watched_adapter_class():
+    """A requests adapter whose connections obey `Deadline` (plain, TLS and HTTP(S) proxies)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class WatchedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = _watched_connection(HTTPConnection)
+
+        def _put_conn(self, conn):
+            Deadline.release(conn)
+            super()._put_conn(conn)
+
+    class WatchedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = _watched_connection(HTTPSConnection)
+
+        def _put_conn(self, conn):
+            Deadline.release(conn)
+            super()._put_conn(conn)
+
+    pools = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
+
+    class WatchedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy, **proxy_kwargs):
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            if not proxy.lower().startswith("socks"):  # SOCKS pools are their own; the body is still watched
+                manager.pool_classes_by_scheme = pools
+            return manager
+
+    return WatchedAdapter
+
+
+def _ensure_watched(session):
+    if not getattr(session, "_picoclaw_watched", False):
+        adapter = _watched_adapter_class()()
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session._picoclaw_watched = True
+
+
+@dataclass
+class Answer:
+    """One HTTP answer, its body read whole (small) or streamed elsewhere (``body`` empty)."""
+
+    status_code: int
+    reason: str
+    url: str
+    headers: dict
+    body: bytes
+    authorized: bool  # the request carried an Authorization header
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def bounded_get(session, url, seconds, limit, headers=None, sink=None):
+    """GET `url` within `seconds` in all and at most `limit` body bytes; an `Answer`.
+
+    Redirects are followed (at most MAX_REDIRECTS, their bodies never read;
+    an Authorization header is dropped when the host changes). With `sink`,
+    a 200 answer's body goes to ``sink(chunk)`` as it arrives and is never
+    held whole; any other answer's body is not read. Without it the body is
+    read into ``Answer.body``. Raises `FetchError` when the deadline passes,
+    the body exceeds `limit`, or the network fails.
+    """
+    import requests
+
+    _ensure_watched(session)
+    headers = dict(headers or {})
+    received = 0
+    deadline = Deadline(seconds)
+    try:
+        with deadline:
+            for _ in range(MAX_REDIRECTS + 1):
+                timeout = (max(0.001, min(HTTP_TIMEOUT[0], deadline.remaining())), HTTP_TIMEOUT[1])
+                response = session.get(url, headers=headers, stream=True, timeout=timeout, allow_redirects=False)
+                with response:
+                    deadline.watch(getattr(response.raw, "connection", None))
+                    location = response.headers.get("Location")
+                    if response.is_redirect and location:
+                        target = urljoin(response.url, location)
+                        if "Authorization" in headers and session.should_strip_auth(response.url, target):
+                            del headers["Authorization"]
+                        url = target
+                        continue
+                    answer = Answer(response.status_code, response.reason or "", response.url,
+                                    response.headers, b"", "Authorization" in headers)
+                    if sink is not None and response.status_code != 200:
+                        return answer
+                    chunks = []
+                    for chunk in response.iter_content(CHUNK):
+                        received += len(chunk)
+                        if received > limit:
+                            raise FetchError("too-long", f"more than {limit} bytes", received)
+                        if deadline.expired:
+                            raise _missed(deadline, received)
+                        if sink is None:
+                            chunks.append(chunk)
+                        else:
+                            sink(chunk)
+                    deadline.disarm()
+                    if deadline.expired:  # it ran out as the last byte came: still too late
+                        raise _missed(deadline, received)
+                    answer.body = b"".join(chunks)
+                    return answer
+            raise FetchError("redirects", f"more than {MAX_REDIRECTS} redirects", received)
+    except requests.RequestException as exc:
+        if deadline.expired:
+            raise _missed(deadline, received) from None
+        raise FetchError("network", f"{type(exc).__name__}: {exc}", received, type(exc).__name__) from None
+
+
+def _missed(deadline, received):
+    return FetchError("deadline", f"no complete answer within the {deadline.seconds:g} s deadline", received)
+
+
 # ---- resolving the release -------------------------------------------------
 
 
@@ -122,6 +422,7 @@ def github_session():
             "User-Agent": "picoclaw-fleet",
         }
     )
+    _ensure_watched(session)
     return session
 
 
@@ -138,6 +439,7 @@ def resolve_release(api, repo, tag=None, token=None, session=None):
     API request: never into a URL, so no message or log line can show it,
     and never to the asset downloads, which may be served by another host.
     A tag given without its ``v`` (``0.2.0``) is also tried as ``v0.2.0``.
+    Each request has API_DEADLINE in all and at most API_MAX_BYTES.
     """
     session = session or github_session()
     response = api_get(session, release_url(api, repo, tag), token)
@@ -156,23 +458,34 @@ def resolve_release(api, repo, tag=None, token=None, session=None):
 
 
 def api_get(session, url, token=None):
-    """GET one GitHub API URL; an unreachable API is a `ReleaseError`."""
-    import requests
-
+    """GET one GitHub API URL as an `Answer`; unreachable, too slow or too big is a `ReleaseError`."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        return session.get(url, headers=headers, timeout=HTTP_TIMEOUT)
-    except requests.RequestException as exc:
-        raise ReleaseError(f"cannot reach the GitHub API at {url}: {type(exc).__name__}; use --from-file offline") from None
+        return bounded_get(session, url, API_DEADLINE, API_MAX_BYTES, headers)
+    except FetchError as exc:
+        if exc.kind == "deadline":
+            raise ReleaseError(
+                f"the GitHub API at {url} sent no complete answer within its {API_DEADLINE:g} s deadline; "
+                "use --from-file offline"
+            ) from None
+        if exc.kind == "too-long":
+            raise ReleaseError(
+                f"{url} answered with more than {amount(API_MAX_BYTES)}, the most a GitHub release is read to: "
+                "not a GitHub release"
+            ) from None
+        if exc.kind == "redirects":
+            raise ReleaseError(f"{url} redirected more than {MAX_REDIRECTS} times") from None
+        raise ReleaseError(f"cannot reach the GitHub API at {url}: {exc.error}; use --from-file offline") from None
 
 
 def asset_from_json(item):
     """An `Asset` from one entry of a release's ``assets`` list."""
     digest = item.get("digest") or ""
+    size = item.get("size")
     return Asset(
         name=item["name"],
         url=item["browser_download_url"],
-        size=item.get("size"),
+        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
         digest=digest[len("sha256:") :].lower() if digest.startswith("sha256:") else None,
         updated_at=item.get("updated_at"),
     )
@@ -196,11 +509,12 @@ def api_error(response, repo, tag):
 
 
 def github_message(response):
-    """GitHub's own ``message`` from an error body, else the HTTP reason."""
+    """GitHub's own ``message`` from an error body (on one line), else the HTTP reason."""
     try:
-        return str(response.json().get("message") or response.reason or "")
+        message = str(response.json().get("message") or response.reason or "")
     except (ValueError, AttributeError):
-        return response.reason or ""
+        message = response.reason or ""
+    return " ".join(message.split())[:500]
 
 
 def reset_note(response):
@@ -214,8 +528,7 @@ def reset_note(response):
 
 def token_hint(response):
     """Suggest GITHUB_TOKEN when the request went without one."""
-    sent = response.request is not None and "Authorization" in response.request.headers
-    return "" if sent else "; set GITHUB_TOKEN to raise the limit"
+    return "" if response.authorized else "; set GITHUB_TOKEN to raise the limit"
 
 
 # ---- choosing the asset for an arch ------------------------------------------
@@ -266,16 +579,30 @@ def extract_binary(data, source):
     Only that one member is read, into memory: nothing of the archive is
     written to disk, so a hostile member name cannot escape anywhere.
     """
-    if data[:2] != b"\x1f\x8b":
+    if data[:2] != GZIP_MAGIC:
         return data
+    return _binary_from_archive(io.BytesIO(data), source)
+
+
+def extract_binary_file(path, source):
+    """`extract_binary` for a local file: an archive is read as a stream, only the binary into memory."""
+    with open(path, "rb") as file:
+        archive = file.read(2) == GZIP_MAGIC
+        file.seek(0)
+        return _binary_from_archive(file, source) if archive else file.read()
+
+
+def _binary_from_archive(fileobj, source):
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-            member = next(
-                (m for m in archive.getmembers() if m.isfile() and m.name.rsplit("/", 1)[-1] == BINARY_NAME), None
-            )
+        with tarfile.open(fileobj=fileobj, mode="r:gz") as archive:
+            members = archive.getmembers()
+            member = next((m for m in members if m.isfile() and m.name.rsplit("/", 1)[-1] == BINARY_NAME), None)
             if member is None:
-                names = ", ".join(m.name for m in archive.getmembers())
+                names = ", ".join(m.name for m in members[:20]) + (", ..." if len(members) > 20 else "")
                 raise AssetProblem("bad-asset", f"{source} holds no '{BINARY_NAME}' file (it has: {names})")
+            if member.size > ASSET_MAX_BYTES:
+                raise AssetProblem("bad-asset", f"{source}: its {member.name} is {member.size} bytes, more than "
+                                                f"the {amount(ASSET_MAX_BYTES)} a binary may have")
             return archive.extractfile(member).read()
     except (tarfile.TarError, gzip.BadGzipFile, EOFError, OSError) as exc:
         raise AssetProblem("bad-asset", f"{source} is not a readable .tar.gz: {exc}") from None
@@ -285,11 +612,9 @@ def binary_from_file(path):
     """The `Binary` for ``--from-file``: a raw executable or a .tar.gz holding ``picoclaw``."""
     path = Path(path).expanduser()
     try:
-        data = path.read_bytes()
+        binary = extract_binary_file(path, str(path))
     except OSError as exc:
         raise UsageError(f"--from-file {path}: {exc.strerror or exc}") from None
-    try:
-        binary = extract_binary(data, str(path))
     except AssetProblem as problem:
         raise UsageError(f"--from-file: {problem}") from None
     if not binary:
@@ -312,8 +637,9 @@ class DownloadCache:
 
     An asset whose expected digest is known (checksums.txt, GitHub's digest)
     is found by that digest; otherwise by its URL, size and upload time,
-    which GitHub changes when an asset is replaced. Entries are written to a
-    temporary name and renamed, so concurrent runs never see half a file.
+    which GitHub changes when an asset is replaced. A download streams into
+    a temporary file beside the entries (`incoming`) and is renamed into
+    place once verified (`keep`), so concurrent runs never see half a file.
     """
 
     def __init__(self, root):
@@ -327,27 +653,70 @@ class DownloadCache:
         return self.root / "by-url" / key
 
     def lookup(self, asset, expected=None):
-        """The cached bytes of `asset`, or None; a corrupted entry counts as absent."""
+        """The path of `asset`'s cached file (its sha256 checked), or None; a corrupted entry counts as absent."""
         digest = expected
         if digest is None:
             try:
                 digest = self._index(asset).read_text().strip()
             except OSError:
                 return None
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            return None
         try:
-            data = self._blob(digest).read_bytes()
+            return self._blob(digest) if file_sha256(self._blob(digest)) == digest else None
         except OSError:
             return None
-        return data if sha256_hex(data) == digest else None
 
-    def store(self, asset, data):
-        """Keep `data` (the bytes of `asset`); a cache that cannot be written is skipped."""
-        digest = sha256_hex(data)
+    def incoming(self):
+        """A temporary file for one download (an `Incoming`), removed on exit unless kept."""
+        return Incoming(self.root / "sha256")
+
+    def keep(self, asset, incoming, digest):
+        """Rename a verified download into the cache: its path there (its temporary one if the cache cannot be written)."""
+        incoming.file.close()
+        if not incoming.in_cache:
+            return incoming.path
         try:
-            atomic_write(self._blob(digest), data)
+            os.replace(incoming.path, self._blob(digest))
+        except OSError:
+            return incoming.path
+        incoming.path = None  # the cache's now
+        try:
             atomic_write(self._index(asset), digest.encode())
         except OSError:
-            pass  # a read-only or full cache costs a re-download next run, nothing more
+            pass  # found by its digest when one is known; else downloaded again next run
+        return self._blob(digest)
+
+
+class Incoming:
+    """A download in progress: a temporary file in the cache directory.
+
+    When the cache cannot be written, the file goes to the system's
+    temporary directory instead: a read-only or full cache costs a
+    re-download next run, nothing more.
+    """
+
+    def __init__(self, directory):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".partial-", dir=directory)
+            self.in_cache = True
+        except OSError:
+            fd, name = tempfile.mkstemp(prefix="picoclaw-fleet-download-")
+            self.in_cache = False
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+        if self.path is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
 
 
 def atomic_write(path, data):
@@ -385,29 +754,88 @@ class Progress:
         if self.enabled:
             self._write(f"\rdownloading {self.name}: done ({self.done / 1e6:.1f} MB)\n")
 
+    def abandon(self):
+        if self.enabled and self._shown >= 0:
+            self._write(f"\rdownloading {self.name}: failed ({self.done / 1e6:.1f} MB)\n")
+
     def _write(self, text):
         with self._lock:
             self.stream.write(text)
             self.stream.flush()
 
 
-def download(session, asset, what="download"):
-    """The bytes at `asset.url`; `AssetProblem` ``download-failed`` on any error."""
-    import requests
+def asset_deadline(size):
+    """Seconds a download of `size` bytes may take in all: ASSET_DEADLINE_FLOOR plus `size` at
+    ASSET_MIN_RATE (ASSET_MAX_BYTES when the size is unknown)."""
+    return ASSET_DEADLINE_FLOOR + (ASSET_MAX_BYTES if size is None else size) / ASSET_MIN_RATE
 
+
+def download(session, asset, file):
+    """Stream `asset` into the open binary `file`, hashing as it goes; its sha256 hex.
+
+    Never held whole in memory. At most its declared size (a longer stream
+    is cut off there), else ASSET_MAX_BYTES; all within `asset_deadline`.
+    `AssetProblem` ``download-failed`` on any error.
+    """
+    limit = ASSET_MAX_BYTES if asset.size is None else asset.size
+    seconds = asset_deadline(asset.size)
     progress = Progress(asset.name, asset.size)
-    chunks = []
+    digest = hashlib.sha256()
+
+    def sink(chunk):
+        file.write(chunk)
+        digest.update(chunk)
+        progress.advance(len(chunk))
+
+    def failed(why):
+        progress.abandon()
+        return AssetProblem("download-failed", f"cannot download {asset.name}: {why}")
+
     try:
-        with session.get(asset.url, stream=True, timeout=HTTP_TIMEOUT, headers={"Accept": "application/octet-stream"}) as response:
-            if response.status_code != 200:
-                raise AssetProblem("download-failed", f"cannot {what} {asset.name}: HTTP {response.status_code} from {asset.url}")
-            for chunk in response.iter_content(65536):
-                chunks.append(chunk)
-                progress.advance(len(chunk))
-    except requests.RequestException as exc:
-        raise AssetProblem("download-failed", f"cannot {what} {asset.name}: {type(exc).__name__}: {exc}") from None
+        answer = bounded_get(session, asset.url, seconds, limit, {"Accept": "application/octet-stream"}, sink)
+    except FetchError as exc:
+        if exc.kind == "too-long" and asset.size is not None:
+            why = f"the stream is longer than the {asset.size} bytes the release declares: cut off there, not installed"
+        elif exc.kind == "too-long":
+            why = (f"the stream is longer than {amount(ASSET_MAX_BYTES)}, the most an asset of undeclared size "
+                   "may have: cut off there, not installed")
+        elif exc.kind == "deadline":
+            of = "" if asset.size is None else f" of {asset.size}"
+            why = (f"not complete within its {seconds:.0f} s deadline ({exc.received}{of} bytes saved; "
+                   f"{ASSET_DEADLINE_FLOOR:g} s plus the size at {ASSET_MIN_RATE // KiB} KiB/s)")
+        else:
+            why = str(exc)
+        raise failed(why) from None
+    except OSError as exc:
+        raise failed(f"cannot write it to {getattr(file, 'name', 'disk')}: {exc.strerror or exc}") from None
+    if answer.status_code != 200:
+        raise failed(f"HTTP {answer.status_code} from {asset.url}")
+    if asset.size is not None and progress.done != asset.size:
+        raise failed(f"the stream ended after {progress.done} of the {asset.size} bytes the release declares")
     progress.finish()
-    return b"".join(chunks)
+    return digest.hexdigest()
+
+
+def fetch_checksums(session, asset):
+    """``{name: sha256}`` from a release's checksum file; `AssetProblem` ``download-failed`` if it cannot be had."""
+    try:
+        answer = bounded_get(session, asset.url, CHECKSUMS_DEADLINE, CHECKSUMS_MAX_BYTES,
+                             {"Accept": "application/octet-stream"})
+    except FetchError as exc:
+        why = {
+            "deadline": f"not complete within its {CHECKSUMS_DEADLINE:g} s deadline",
+            "too-long": f"larger than {amount(CHECKSUMS_MAX_BYTES)}, more than any checksum file holds",
+        }.get(exc.kind, str(exc))
+        raise AssetProblem("download-failed", f"cannot fetch {asset.name}: {why}") from None
+    if answer.status_code != 200:
+        raise AssetProblem("download-failed", f"cannot fetch {asset.name}: HTTP {answer.status_code} from {asset.url}")
+    return parse_checksums(answer.body.decode("utf-8", "replace"))
+
+
+def installable(asset):
+    """True for an asset `pick_asset` could choose for some arch (a Linux build, not a side file)."""
+    return (not OTHER_SYSTEMS.search(asset.name) and not NOT_BINARIES.search(asset.name)
+            and any(names_arch(asset.name, arch) for arch in ARCH_WORDS))
 
 
 class ReleaseBinaries:
@@ -417,18 +845,35 @@ class ReleaseBinaries:
     the others of that arch wait for it and get the same `Binary` (or the
     same `AssetProblem`, so a bad checksum fails every host of that arch with
     one clear message, after one download).
+
+    Verification is not optional: an asset with neither a checksum file
+    entry nor a GitHub digest fails ``unverified`` before it is downloaded,
+    unless `allow_unverified` (``deploy --allow-unverified``).
     """
 
-    def __init__(self, release, session, cache):
+    def __init__(self, release, session, cache, allow_unverified=False):
         self.release, self.session, self.cache = release, session, cache
+        self.allow_unverified = allow_unverified
         self._lock = threading.Lock()
         self._arch_locks = {}
         self._results = {}
-        self._checksums = None
+        self._checksums_lock = threading.Lock()
+        self._checksums = None  # {name: sha256}, or the AssetProblem fetching them raised
 
     def describe(self):
-        """What the run installs, for the report: repository and tag."""
-        return {"repo": self.release.repo, "tag": self.release.tag, "version": self.release.version}
+        """What the run installs, for the report: repository, tag and how it is verified."""
+        return {"repo": self.release.repo, "tag": self.release.tag, "version": self.release.version,
+                "verification": self.verification()}
+
+    def verification(self):
+        """``checksums`` (the release's checksum file), ``digest`` (GitHub's, on every Linux build),
+        else UNVERIFIED_ALLOWED with `allow_unverified` and UNVERIFIED_REFUSED without."""
+        if self.release.checksums is not None:
+            return "checksums"
+        builds = [a for a in self.release.assets if installable(a)] or list(self.release.assets)
+        if builds and all(a.digest for a in builds):
+            return "digest"
+        return UNVERIFIED_ALLOWED if self.allow_unverified else UNVERIFIED_REFUSED
 
     def for_arch(self, arch):
         """The `Binary` for `arch`, or raise its `AssetProblem`."""
@@ -448,36 +893,58 @@ class ReleaseBinaries:
     def _fetch(self, arch):
         asset = pick_asset(self.release, arch)
         expected = self.expected_digest(asset)
-        data = self.cache.lookup(asset, expected)
-        if data is None:
-            data = download(self.session, asset)
-            if expected is not None and sha256_hex(data) != expected:
+        cached = self.cache.lookup(asset, expected)
+        if cached is not None:
+            return self._binary(cached, asset)
+        with self.cache.incoming() as incoming:
+            digest = download(self.session, asset, incoming.file)
+            if expected is not None and digest != expected:
                 raise AssetProblem(
                     "checksum-mismatch",
                     f"{asset.name} from {self.release.repo} {self.release.tag} does not match its published "
-                    f"sha256 (expected {expected}, downloaded {sha256_hex(data)}): not installed",
+                    f"sha256 (expected {expected}, downloaded {digest}): not installed",
                 )
-            self.cache.store(asset, data)
-        binary = extract_binary(data, asset.name)
+            return self._binary(self.cache.keep(asset, incoming, digest), asset)
+
+    @staticmethod
+    def _binary(path, asset):
+        try:
+            binary = extract_binary_file(path, asset.name)
+        except OSError as exc:
+            raise AssetProblem("download-failed", f"cannot read the download of {asset.name}: {exc}") from None
         return Binary(data=binary, sha256=sha256_hex(binary), source=asset.name)
 
     def expected_digest(self, asset):
-        """The sha256 `asset` must have: from checksums.txt, else GitHub's digest, else None."""
+        """The sha256 `asset` must have: from the checksum file, else GitHub's digest.
+
+        None only with `allow_unverified` when the release publishes neither;
+        without it that is `AssetProblem` ``unverified``.
+        """
         sums = self.checksums()
-        if sums is None:
+        if sums is not None:
+            if asset.name not in sums:
+                raise AssetProblem(
+                    "checksum-mismatch", f"{self.release.checksums.name} of {self.release.tag} lists no sha256 for {asset.name}"
+                )
+            return sums[asset.name]
+        if asset.digest is not None or self.allow_unverified:
             return asset.digest
-        if asset.name not in sums:
-            raise AssetProblem(
-                "checksum-mismatch", f"{self.release.checksums.name} of {self.release.tag} lists no sha256 for {asset.name}"
-            )
-        return sums[asset.name]
+        raise AssetProblem(
+            "unverified",
+            f"{self.release.repo} {self.release.tag} publishes no checksum file and no digest for {asset.name}, "
+            "so it cannot be verified: not installed (--allow-unverified installs it anyway)",
+        )
 
     def checksums(self):
-        """``{name: sha256}`` from the release's checksums file (fetched once), or None."""
-        with self._lock:
+        """``{name: sha256}`` from the release's checksum file (fetched once), or None when it has none."""
+        with self._checksums_lock:
             if self._checksums is None and self.release.checksums is not None:
-                text = download(self.session, self.release.checksums, "fetch").decode("utf-8", "replace")
-                self._checksums = parse_checksums(text)
+                try:
+                    self._checksums = fetch_checksums(self.session, self.release.checksums)
+                except AssetProblem as problem:
+                    self._checksums = problem
+            if isinstance(self._checksums, AssetProblem):
+                raise self._checksums
             return self._checksums
 
 
@@ -495,8 +962,12 @@ class FileBinaries:
 
 
 def release_binaries(defaults, tag=None, environ=None, allow_unverified=False):
-    """Resolve the release named by the config (and `--version`): the run's `ReleaseBinaries`."""
+    """Resolve the release named by the config (and `--version`): the run's `ReleaseBinaries`.
+
+    `allow_unverified` (``deploy --allow-unverified``) installs a release that
+    publishes no checksum file and no digest; ``describe()`` then says so.
+    """
     environ = os.environ if environ is None else environ
     session = github_session()
     release = resolve_release(defaults.github_api, defaults.release_repo, tag, environ.get("GITHUB_TOKEN"), session)
-    return ReleaseBinaries(release, session, DownloadCache(cache_dir(environ)))
+    return ReleaseBinaries(release, session, DownloadCache(cache_dir(environ)), allow_unverified=allow_unverified)

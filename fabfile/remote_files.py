@@ -8,7 +8,9 @@ interrupted upload never leaves a half file where a good one was), and a file
 whose content already matches is not touched.
 
 Paths are relative to the remote user's home unless absolute; commands get
-them as absolute, `shlex.quote`d paths.
+them as absolute, `shlex.quote`d paths. Every operation runs under a
+`deadlines.deadline`: a host that stops answering raises `HostStalled` naming
+the operation, never hangs; an upload pushes its deadline back as bytes go out.
 """
 
 import errno
@@ -18,6 +20,9 @@ import posixpath
 import secrets
 import shlex
 import stat
+from contextlib import contextmanager
+
+from .deadlines import deadline
 
 #: How much an upload writes per SFTP request (paramiko pipelines them).
 CHUNK = 32768
@@ -55,17 +60,40 @@ def sftp(cxn):
     import paramiko
 
     cxn.open()  # connecting fails as it is, for fan_out to name
-    try:
-        client = cxn.sftp()
-    except (paramiko.SSHException, EOFError) as exc:
-        transport = cxn.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise
-        raise RemoteFileError(f"the host has no working SFTP server ({exc or type(exc).__name__}): "
-                              "install one (e.g. openssh-sftp-server)") from None
-    if client.getcwd() is None:
+    if cxn._sftp is not None:  # Fabric's own cache of the connection's SFTP client
+        return cxn._sftp
+    with deadline(cxn, "opening SFTP"):
+        try:
+            client = open_sftp(cxn)
+        except (paramiko.SSHException, EOFError) as exc:
+            transport = cxn.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise
+            raise RemoteFileError(f"the host has no working SFTP server ({exc or type(exc).__name__}): "
+                                  "install one (e.g. openssh-sftp-server)") from None
         client.chdir(".")
+    cxn._sftp = client
     return client
+
+
+def open_sftp(cxn):
+    """An SFTP client on a new channel of `cxn`, kept by Fabric as the connection's own.
+
+    Built here rather than by ``cxn.sftp()`` so that the channel has a read
+    timeout: paramiko's SFTP waits for each reply without one.
+    """
+    import paramiko
+
+    channel = cxn.client.get_transport().open_session()
+    channel.settimeout(step_timeout(cxn))
+    channel.invoke_subsystem("sftp")
+    return paramiko.SFTPClient(channel)
+
+
+def step_timeout(cxn):
+    from .deadlines import step_seconds
+
+    return step_seconds(cxn)
 
 
 def home(cxn):
@@ -100,24 +128,25 @@ def reason(exc):
     return str(exc.strerror or exc) or "failure"
 
 
-class _Refusals:
-    """Turn the server's refusals inside a ``with`` block into `RemoteFileError`."""
+@contextmanager
+def operation(cxn, doing, path):
+    """One operation on the host: under a deadline, the server's refusals turned into `RemoteFileError`.
 
-    def __init__(self, cxn, doing, path):
-        self.cxn, self.doing, self.path = cxn, doing, path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is not None and refused(self.cxn, exc):
-            raise RemoteFileError(f"cannot {self.doing} {shown(self.path)}: {reason(exc)}") from None
-        return False
+    Yields the step's `deadlines.Watch`, for operations that move data to
+    report progress.
+    """
+    with deadline(cxn, f"{doing} {shown(path)}") as watch:
+        try:
+            yield watch
+        except OSError as exc:
+            if refused(cxn, exc):
+                raise RemoteFileError(f"cannot {doing} {shown(path)}: {reason(exc)}") from None
+            raise
 
 
 def stat_or_none(cxn, path):
     """The file's SFTP attributes (not following a final symlink), or None when absent."""
-    with _Refusals(cxn, "inspect", path):
+    with operation(cxn, "inspect", path):
         try:
             return sftp(cxn).lstat(path)
         except FileNotFoundError:
@@ -131,7 +160,7 @@ def exists(cxn, path):
 
 def read(cxn, path, limit=1 << 20):
     """The bytes of a small remote file, or None when it does not exist."""
-    with _Refusals(cxn, "read", path):
+    with operation(cxn, "read", path):
         try:
             with sftp(cxn).open(path, "rb") as handle:
                 return handle.read(limit)
@@ -146,7 +175,9 @@ def sha256(cxn, path):
     binary costs one short command, not a download. A host with neither tool
     has the file read back over SFTP and hashed here.
     """
-    result = cxn.run(HASH_COMMAND.format(path=shlex.quote(absolute(cxn, path))), hide=True, warn=True, in_stream=False)
+    command = HASH_COMMAND.format(path=shlex.quote(absolute(cxn, path)))
+    with deadline(cxn, f"hashing {shown(path)}"):
+        result = cxn.run(command, hide=True, warn=True, in_stream=False)
     first = (result.stdout.split() or [""])[0].lstrip("\\")  # sha256sum marks escaped names with a backslash
     if first == "absent":
         return None
@@ -161,10 +192,11 @@ def sha256(cxn, path):
 def _sha256_over_sftp(cxn, path):
     """Hash a remote file by reading it over SFTP (for hosts without sha256sum)."""
     digest = hashlib.sha256()
-    with _Refusals(cxn, "read", path), sftp(cxn).open(path, "rb") as handle:
+    with operation(cxn, "read", path) as watch, sftp(cxn).open(path, "rb") as handle:
         handle.prefetch()
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
+            watch.progress()
     return digest.hexdigest()
 
 
@@ -179,7 +211,7 @@ def mkdir(cxn, path, mode):
     parent = posixpath.dirname(path.rstrip("/"))
     if parent and parent not in ("/", "."):
         mkdir(cxn, parent, mode)
-    with _Refusals(cxn, "create directory", path):
+    with operation(cxn, "create directory", path):
         try:
             sftp(cxn).mkdir(path, mode)
         except OSError as exc:
@@ -197,7 +229,7 @@ def ensure_mode(cxn, path, mode):
         raise RemoteFileError(f"cannot set mode of {shown(path)}: no such file or directory")
     if stat.S_IMODE(attrs.st_mode) == mode:
         return False
-    with _Refusals(cxn, "set mode of", path):
+    with operation(cxn, "set mode of", path):
         sftp(cxn).chmod(path, mode)
     return True
 
@@ -219,23 +251,47 @@ def upload_temp(cxn, path, data, mode, on_bytes=None):
     temp = temp_name(path)
     client = sftp(cxn)
     try:
-        with _Refusals(cxn, "write", path), client.open(temp, "wbx") as handle:
-            handle.chmod(mode)
-            handle.set_pipelined(True)
-            view = memoryview(data)
-            for start in range(0, len(view), CHUNK):
-                handle.write(view[start : start + CHUNK])
-                if on_bytes:
-                    on_bytes(len(view[start : start + CHUNK]))
-        wanted = hashlib.sha256(data).hexdigest()
-        got = sha256(cxn, temp)
-        if got != wanted:
-            raise RemoteFileError(f"upload of {shown(path)} arrived corrupted (sha256 {got or 'missing'}, sent {wanted})")
+        try:
+            with operation(cxn, "write", path) as watch, client.open(temp, "wbx") as handle:
+                handle.chmod(mode)
+                handle.set_pipelined(True)
+                view = memoryview(data)
+                for start in range(0, len(view), CHUNK):
+                    handle.write(view[start : start + CHUNK])
+                    watch.progress()
+                    if on_bytes:
+                        on_bytes(len(view[start : start + CHUNK]))
+            wanted = hashlib.sha256(data).hexdigest()
+            got = sha256(cxn, temp)
+            if got != wanted:
+                raise RemoteFileError(f"upload of {shown(path)} arrived corrupted (sha256 {got or 'missing'}, sent {wanted})")
+        except RemoteFileError as problem:
+            raise RemoteFileError(disk_full_message(cxn, path, len(data)) or str(problem)) from None
         sweep_temps(cxn, path, temp)
     except BaseException:
         discard(cxn, temp)
         raise
     return temp
+
+
+def disk_full_message(cxn, path, size):
+    """``cannot write ~/x: no space left on device (...)`` when that is why a write failed, else None.
+
+    SFTP reports a full disk as a bare "Failure" (or not at all until the
+    file is closed), so the free space of the target's filesystem is asked
+    for once the write has failed; its answer is a diagnosis, never a hang.
+    """
+    directory = posixpath.dirname(absolute(cxn, path)) or "."
+    try:
+        with deadline(cxn, f"checking free space for {shown(path)}"):
+            result = cxn.run(f"df -Pk -- {shlex.quote(directory)}", hide=True, warn=True, in_stream=False)
+        available_kb = int(result.stdout.splitlines()[-1].split()[3])
+    except Exception:
+        return None
+    if available_kb * 1024 >= size:
+        return None
+    return (f"cannot write {shown(path)}: no space left on device "
+            f"({available_kb} kB free on its filesystem, {size // 1024 + 1} kB needed)")
 
 
 def sweep_temps(cxn, path, ours, max_age_s=STALE_TEMP_AGE):
@@ -248,7 +304,8 @@ def sweep_temps(cxn, path, ours, max_age_s=STALE_TEMP_AGE):
     """
     directory, name = posixpath.split(path)
     try:
-        entries = {e.filename: e for e in sftp(cxn).listdir_attr(directory or ".")}
+        with deadline(cxn, f"listing {shown(directory or '.')}"):
+            entries = {e.filename: e for e in sftp(cxn).listdir_attr(directory or ".")}
     except OSError as exc:
         if refused(cxn, exc):
             return  # an unlistable directory: leave it as it is
@@ -266,7 +323,7 @@ def commit(cxn, temp, path):
     Uses OpenSSH's posix-rename extension; a server without it gets ``mv -f``
     on the host, which is the same rename(2) in the same directory.
     """
-    with _Refusals(cxn, "replace", path):
+    with operation(cxn, "replace", path):
         try:
             sftp(cxn).posix_rename(temp, path)
             return
@@ -274,7 +331,8 @@ def commit(cxn, temp, path):
             if not refused(cxn, exc) or "unsupported" not in str(exc).lower():
                 raise
     command = f"mv -f -- {shlex.quote(absolute(cxn, temp))} {shlex.quote(absolute(cxn, path))}"
-    result = cxn.run(command, hide=True, warn=True, in_stream=False)
+    with deadline(cxn, f"replacing {shown(path)}"):
+        result = cxn.run(command, hide=True, warn=True, in_stream=False)
     if result.failed:
         raise RemoteFileError(f"cannot replace {shown(path)}: {result.stderr.strip() or 'mv failed'}")
 
@@ -282,7 +340,8 @@ def commit(cxn, temp, path):
 def discard(cxn, temp):
     """Remove a temporary file if the connection still allows it; never raises."""
     try:
-        sftp(cxn).remove(temp)
+        with deadline(cxn, f"removing {shown(temp)}"):
+            sftp(cxn).remove(temp)
     except Exception:
         pass  # the connection is gone, or it was never created: nothing more to do
 
@@ -308,7 +367,7 @@ def write_if_changed(cxn, path, data, mode, on_bytes=None):
 
 def remove(cxn, path):
     """Remove one file (or symlink) by its exact name; True when it was there."""
-    with _Refusals(cxn, "remove", path):
+    with operation(cxn, "remove", path):
         try:
             sftp(cxn).remove(path)
         except FileNotFoundError:
@@ -328,7 +387,8 @@ def remove_tree(cxn, path):
     target = absolute(cxn, path)
     if posixpath.normpath(target) in ("/", posixpath.normpath(home(cxn))):
         raise RemoteFileError(f"refusing to remove {target}: it is / or the home directory")
-    result = cxn.run(f"rm -rf -- {shlex.quote(target)}", hide=True, warn=True, in_stream=False)
+    with deadline(cxn, f"removing {shown(path)}"):
+        result = cxn.run(f"rm -rf -- {shlex.quote(target)}", hide=True, warn=True, in_stream=False)
     if result.failed or stat_or_none(cxn, path) is not None:
         raise RemoteFileError(f"cannot remove {shown(path)}: {result.stderr.strip() or 'still present'}")
     return True

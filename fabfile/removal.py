@@ -19,7 +19,7 @@ def teardown_host(cxn, entry, purge=False):
     """Remove PicoClaw from one host; a `HostReport` (never raises for the host's own refusals).
 
     Contract for other verbs (dispatch --ephemeral): pass the connection and
-    `HostEntry` from `connections.fan_out`. Removes ~/.local/bin/picoclaw and
+    `HostEntry` from `fanout.fan_out`. Removes ~/.local/bin/picoclaw and
     ~/.picoclaw/.env; with `purge`, the whole ~/.picoclaw directory (config,
     workspace, sessions). Status ``ok`` with details ``binary``, ``env`` and
     ``picoclaw_dir``, each ``removed`` or ``absent`` (``picoclaw_dir`` is
@@ -72,11 +72,12 @@ def confirm_teardown(fleet, entries, spec, yes, stdin=None, stderr=None):
 
 def teardown_fleet(fleet, entries, purge=False, parallel=None, base_config=None):
     """The ``teardown`` verb: `teardown_host` on every selected host in parallel."""
-    from .connections import fan_out
+    from .fanout import fan_out
     from .report import FleetReport
 
-    reports = fan_out(entries, lambda cxn, entry: teardown_host(cxn, entry, purge), fleet.defaults, parallel, base_config, fleet.hosts)
-    return FleetReport("teardown", reports, {"purge": bool(purge)})
+    done = fan_out(entries, lambda cxn, entry: teardown_host(cxn, entry, purge), fleet.defaults, parallel, base_config,
+                   fleet.hosts)
+    return FleetReport("teardown", done.reports, {"purge": bool(purge)}, interrupted=done.interrupted)
 
 
 def render_teardown(report):

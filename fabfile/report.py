@@ -51,6 +51,7 @@ class FleetReport:
     verb: str
     hosts: list
     extra: dict = field(default_factory=dict)
+    interrupted: bool = False
 
     @property
     def summary(self):
@@ -64,7 +65,8 @@ class FleetReport:
 
     def to_json(self):
         """The one JSON object ``--json`` prints: verb, hosts, summary (+ verb extras)."""
-        data = {"verb": self.verb, "hosts": [h.to_dict() for h in self.hosts], "summary": self.summary}
+        data = {"verb": self.verb, "hosts": [h.to_dict() for h in self.hosts], "summary": self.summary,
+                "interrupted": self.interrupted}
         data.update(self.extra)
         return json.dumps(data, indent=2, ensure_ascii=False)
 
@@ -81,11 +83,15 @@ def summary_line(report):
     """``3 hosts: 2 ok, 1 unreachable`` for the foot of human output."""
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.summary.items()))
     plural = "host" if len(report.hosts) == 1 else "hosts"
-    return f"{len(report.hosts)} {plural}: {counts or 'none selected'}"
+    stopped = "; interrupted" if getattr(report, "interrupted", False) else ""
+    return f"{len(report.hosts)} {plural}: {counts or 'none selected'}{stopped}"
 
 
 def emit(text, stream=None):
     """Print `text` to stdout (or `stream`), flushing so agents reading a pipe see it."""
     stream = stream or sys.stdout
-    stream.write(text if text.endswith("\n") else text + "\n")
-    stream.flush()
+    try:
+        stream.write(text if text.endswith("\n") else text + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        pass  # the reader (a pipe, a terminal that hung up) is gone: nobody is left to tell

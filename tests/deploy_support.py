@@ -26,10 +26,10 @@ exec /bin/uname "$@"
 """
 
 
-def connect(testbed: tb.Testbed, host: tb.SimHost, known_hosts: Path | None = None):
+def connect(testbed: tb.Testbed, host: tb.SimHost, known_hosts: Path | None = None, connect_timeout: float = 10):
     """A Fabric Connection to a sim host, built by the product's own connection code."""
     defaults = Defaults(known_hosts=str(known_hosts or testbed.known_hosts), host_key_policy="accept-new",
-                        connect_timeout=10)
+                        connect_timeout=connect_timeout)
     entry = HostEntry(name=host.name, host=host.address, user=host.user, port=host.port,
                       ssh_key=str(testbed.client_key))
     keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)

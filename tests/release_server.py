@@ -6,21 +6,140 @@ point ``defaults.github_api`` here instead. It serves what deploy uses:
   GET /repos/{owner}/{repo}/releases/latest
   GET /repos/{owner}/{repo}/releases/tags/{tag}
   GET /download/{owner}/{repo}/{tag}/{asset}      (each asset's browser_download_url)
+  GET /cdn/download/{owner}/{repo}/{tag}/{asset}  (where `redirect_downloads()` sends those)
 
 Publish with `publish(repo, tag, assets)`; make the API fail with
 `fail_api(...)` / `rate_limit(...)`; read `requests_log` to see what was asked
 and with which headers (e.g. the Authorization bearer token). Stdlib only.
+
+Fault modes for deadlines and byte caps: `trickle(after, every, which)` sends
+a response's first bytes, then one byte every few seconds (`trickles` says
+how far each got and whether the client hung up); ``publish(sizes=...)``
+declares a size in the API other than what is served (an over-long stream);
+a `Generated` asset is made on the fly, never held whole in memory (a large
+download); ``publish(checksums=False)`` publishes no checksum file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterable
 from urllib.parse import unquote
+
+CHUNK = 64 * 1024
+#: What a client hanging up looks like to the server's writes.
+HUNG_UP = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+class Stopping(ConnectionAbortedError):
+    """The server is stopping: a trickle or a generated stream ends early."""
+
+
+class Generated:
+    """An asset body made on the fly, chunk by chunk: served (and measured) without ever
+    holding it whole, so a test can publish hundreds of MB.
+
+    `chunks` returns a fresh iterable of bytes each call (once per download,
+    once to measure length and sha256). `Generated.repeat(n)` is n bytes of a pattern.
+    """
+
+    def __init__(self, chunks: Callable[[], Iterable[bytes]]):
+        self._chunks = chunks
+        self._lock = threading.Lock()
+        self._measured: tuple[int, str] | None = None
+
+    @classmethod
+    def repeat(cls, length: int, pattern: bytes = b"picoclaw-fleet large download test\n") -> "Generated":
+        block = (pattern * (CHUNK // len(pattern) + 1))[:CHUNK]
+
+        def chunks():
+            left = length
+            while left > 0:
+                yield block[:min(left, CHUNK)]
+                left -= CHUNK
+        return cls(chunks)
+
+    def chunks(self) -> Iterable[bytes]:
+        return iter(self._chunks())
+
+    def _measure(self) -> tuple[int, str]:
+        with self._lock:
+            if self._measured is None:
+                digest, length = hashlib.sha256(), 0
+                for chunk in self.chunks():
+                    digest.update(chunk)
+                    length += len(chunk)
+                self._measured = (length, digest.hexdigest())
+            return self._measured
+
+    def __len__(self) -> int:
+        return self._measure()[0]
+
+    @property
+    def sha256(self) -> str:
+        return self._measure()[1]
+
+
+def sha256_of(data) -> str:
+    """The sha256 hex of an asset body: bytes or `Generated`."""
+    return data.sha256 if isinstance(data, Generated) else hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Trickle:
+    """One response the server trickled (see `ReleaseServer.trickle`), and how far it got."""
+
+    path: str
+    sent: int = 0  # bytes written, status line and headers included
+    done: bool = False  # the whole response was written
+    hung_up: bool = False  # the client went away first
+    ended: threading.Event = field(default_factory=threading.Event, repr=False)
+
+
+class _TrickleWriter:
+    """Wraps a handler's wfile: `after` bytes at once, then one byte every `every` seconds."""
+
+    def __init__(self, wfile, after: int, every: float, stopping: threading.Event, record: Trickle):
+        self.wfile, self.after, self.every, self.stopping, self.record = wfile, after, every, stopping, record
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        try:
+            head = max(0, min(len(view), self.after - self.record.sent))
+            if head:
+                self.wfile.write(view[:head])
+                self.record.sent += head
+            for i in range(head, len(view)):
+                if self.stopping.wait(self.every):
+                    raise Stopping("release server stopping")
+                self.wfile.write(view[i:i + 1])
+                self.wfile.flush()
+                self.record.sent += 1
+        except HUNG_UP as exc:
+            self.record.hung_up = not isinstance(exc, Stopping)
+            self.record.ended.set()
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        self.wfile.flush()
+
+    def __getattr__(self, name):  # closed, close...: the wrapped writer's
+        return getattr(self.wfile, name)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client hanging up (a deadline, a cut download) is what the fault tests do: no traceback."""
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], HUNG_UP):
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -36,8 +155,9 @@ class Request:
 class Published:
     repo: str
     tag: str
-    assets: dict  # name -> bytes
+    assets: dict  # name -> bytes or Generated
     digests: bool = False
+    sizes: dict = field(default_factory=dict)  # name -> size the API declares instead (None: no size)
 
 
 @dataclass
@@ -56,7 +176,11 @@ class ReleaseServer:
         self._latest: dict[str, str] = {}
         self._api_failure: Failure | None = None
         self._download_failure: Failure | None = None
+        self._trickle: tuple[int, float, str] | None = None
+        self._redirect = False
+        self._stopping = threading.Event()
         self.requests_log: list[Request] = []
+        self.trickles: list[Trickle] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -74,13 +198,15 @@ class ReleaseServer:
             def log_message(self, *args):
                 pass  # quiet: tests read requests_log instead
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._stopping.clear()
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="release-server", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # ends trickles at once
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -101,24 +227,25 @@ class ReleaseServer:
     # ---- publishing -----------------------------------------------------------
 
     def publish(self, repo: str, tag: str, assets: dict, checksums: bool | dict | bytes = True, latest: bool = True,
-                digests: bool = False, checksums_name: str = "checksums.txt") -> Published:
-        """Publish release `tag` of `repo` with `assets` ({name: bytes}).
+                digests: bool = False, checksums_name: str = "checksums.txt", sizes: dict | None = None) -> Published:
+        """Publish release `tag` of `repo` with `assets` ({name: bytes or `Generated`}).
 
         checksums=True adds a goreleaser-style ``checksums.txt`` of the assets;
         a dict {name: hex} writes those lines instead (to publish a wrong one);
         bytes are published as the file's content verbatim (a real release's
         file); False publishes none. checksums_name names that asset (real
         goreleaser releases use ``picoclaw_<version>_checksums.txt``).
-        digests=True adds GitHub's ``digest`` field.
+        digests=True adds GitHub's ``digest`` field. sizes={name: n} makes the
+        API declare size n for that asset whatever is served (None: no size).
         """
         files = dict(assets)
         if isinstance(checksums, (bytes, bytearray)):
             files[checksums_name] = bytes(checksums)
         elif checksums:
             sums = checksums if isinstance(checksums, dict) else {
-                name: hashlib.sha256(data).hexdigest() for name, data in assets.items()}
+                name: sha256_of(data) for name, data in assets.items()}
             files[checksums_name] = "".join(f"{digest}  {name}\n" for name, digest in sums.items()).encode()
-        release = Published(repo, tag, files, digests)
+        release = Published(repo, tag, files, digests, dict(sizes or {}))
         with self._lock:
             self._releases[(repo, tag)] = release
             if latest:
@@ -147,9 +274,23 @@ class ReleaseServer:
         """Answer asset downloads with `status`."""
         self._download_failure = Failure(status, {"message": "download failure (test)"})
 
+    def redirect_downloads(self, on: bool = True) -> None:
+        """Answer asset downloads with a 302 to ``/cdn/download/...`` (as GitHub sends them to its CDN)."""
+        self._redirect = on
+
+    def trickle(self, after: int, every: float, which: str = "downloads") -> None:
+        """Trickle responses: their first `after` bytes (status line and headers count) at once,
+        then one byte every `every` seconds, until done, the client hangs up, or `stop`.
+
+        `which`: ``"api"``, ``"downloads"`` (every asset) or one asset's name.
+        Each trickled response is recorded in `trickles`.
+        """
+        self._trickle = (after, every, which)
+
     def heal(self) -> None:
-        """Stop failing."""
+        """Stop failing (and trickling)."""
         self._api_failure = self._download_failure = None
+        self._trickle = None
 
     # ---- what was asked -----------------------------------------------------------
 
@@ -167,6 +308,33 @@ class ReleaseServer:
         with self._lock:
             self.requests_log.append(Request("GET", path, dict(handler.headers.items())))
         parts = [unquote(p) for p in path.strip("/").split("/")]
+        record = self._start_trickle(handler, path, parts)
+        try:
+            self._route(handler, parts)
+        except HUNG_UP:
+            handler.close_connection = True  # the client went away (a cut download, a deadline): not an error
+        if record is not None:
+            record.done = not record.ended.is_set()  # else the writer saw it end early
+            record.ended.set()
+
+    def _start_trickle(self, handler, path, parts) -> Trickle | None:
+        trickle = self._trickle
+        if trickle is None:
+            return None
+        after, every, which = trickle
+        download = parts[:1] == ["download"] or parts[:2] == ["cdn", "download"]
+        if not ((which == "api" and parts[:1] == ["repos"])
+                or (which == "downloads" and download)
+                or (download and parts[-1] == which)):
+            return None
+        record = Trickle(path)
+        with self._lock:
+            self.trickles.append(record)
+        handler.wfile = _TrickleWriter(handler.wfile, after, every, self._stopping, record)
+        handler.close_connection = True  # the wrapper stays on this connection: never reuse it
+        return record
+
+    def _route(self, handler: BaseHTTPRequestHandler, parts: list) -> None:
         if parts[:1] == ["repos"]:
             if self._api_failure is not None:
                 return self._send_failure(handler, self._api_failure)
@@ -174,7 +342,11 @@ class ReleaseServer:
         if parts[:1] == ["download"] and len(parts) == 5:
             if self._download_failure is not None:
                 return self._send_failure(handler, self._download_failure)
+            if self._redirect:
+                return self._send_redirect(handler, "/cdn" + handler.path)
             return self._serve_asset(handler, parts)
+        if parts[:2] == ["cdn", "download"] and len(parts) == 6:
+            return self._serve_asset(handler, parts[1:])
         self._send_json(handler, 404, {"message": "Not Found"})
 
     def _serve_api(self, handler, parts) -> None:
@@ -195,11 +367,13 @@ class ReleaseServer:
     def _release_json(self, release: Published) -> dict:
         assets = []
         for index, (name, data) in enumerate(sorted(release.assets.items())):
-            asset = {"id": index + 1, "name": name, "size": len(data), "state": "uploaded",
+            asset = {"id": index + 1, "name": name, "size": release.sizes.get(name, len(data)), "state": "uploaded",
                      "content_type": "application/octet-stream", "updated_at": "2025-01-01T00:00:00Z",
                      "browser_download_url": f"{self.url}/download/{release.repo}/{release.tag}/{name}"}
+            if asset["size"] is None:
+                del asset["size"]
             if release.digests:
-                asset["digest"] = "sha256:" + hashlib.sha256(data).hexdigest()
+                asset["digest"] = "sha256:" + sha256_of(data)
             assets.append(asset)
         return {"tag_name": release.tag, "name": release.tag, "draft": False, "prerelease": False,
                 "assets": assets}
@@ -215,7 +389,20 @@ class ReleaseServer:
         handler.send_header("Content-Type", "application/octet-stream")
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
-        handler.wfile.write(data)
+        if isinstance(data, Generated):
+            for chunk in data.chunks():
+                if self._stopping.is_set():
+                    raise Stopping("release server stopping")
+                handler.wfile.write(chunk)
+        else:
+            handler.wfile.write(data)
+
+    @staticmethod
+    def _send_redirect(handler, location: str) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
 
     def _send_failure(self, handler, failure: Failure) -> None:
         self._send_json(handler, failure.status, failure.body, failure.headers)

@@ -118,16 +118,26 @@ def test_schema_violation_reports_json_path(tmp_path):
     assert "hosts[2].arch: 'x86' is not one of ['amd64', 'arm64', 'armv7', 'armv6', 'riscv64', 'loong64', 'mipsle', 's390x']" in str(caught.value)
 
 
-def test_every_violation_is_listed(tmp_path):
+def test_every_violation_is_listed_on_one_line(tmp_path):
     hosts = [{"name": "bad name", "host": "127.0.0.1", "user": "u", "port": 0}]
     path = write_json(tmp_path / "fleet.json", minimal(hosts, timeout=-1, colour="blue"))
     with pytest.raises(UsageError) as caught:
         load_config(str(path))
-    lines = str(caught.value).splitlines()
-    assert any(line.startswith("invalid config: hosts[0].name:") for line in lines)
-    assert any(line.startswith("invalid config: hosts[0].port:") for line in lines)
-    assert any(line.startswith("invalid config: defaults.timeout:") for line in lines)
-    assert any("defaults: Additional properties are not allowed ('colour'" in line for line in lines)
+    [line] = str(caught.value).splitlines()
+    assert line.startswith("invalid config: ")
+    problems = line.removeprefix("invalid config: ").split("; ")
+    assert any(p.startswith("hosts[0].name:") for p in problems)
+    assert any(p.startswith("hosts[0].port:") for p in problems)
+    assert any(p.startswith("defaults.timeout:") for p in problems)
+    assert any("defaults: Additional properties are not allowed ('colour'" in p for p in problems)
+
+
+def test_many_violations_are_counted_not_listed(tmp_path):
+    hosts = [{"name": f"bad name {i}", "host": "127.0.0.1", "user": "u"} for i in range(40)]
+    with pytest.raises(UsageError) as caught:
+        load_config(str(write_json(tmp_path / "fleet.json", minimal(hosts))))
+    [line] = str(caught.value).splitlines()
+    assert line.count("does not match") == 5 and line.endswith("(and 35 more problems)")
 
 
 def test_unknown_host_key_is_rejected(tmp_path):
@@ -207,7 +217,6 @@ def tagged_fleet(tmp_path):
     "spec, names",
     [
         (None, ["pi-1", "pi-2", "nuc"]),
-        ("", ["pi-1", "pi-2", "nuc"]),
         ("nuc", ["nuc"]),
         ("pi-*", ["pi-1", "pi-2"]),
         ("@kitchen", ["pi-1"]),
@@ -305,3 +314,250 @@ def test_bad_host_api_base_names_the_host(tmp_path):
     hosts = [{"name": "pi-1", "host": "127.0.0.1", "user": "pi", "api_base": "localhost:8000"}]
     with pytest.raises(UsageError, match=r"hosts\[0\].api_base"):
         load_config(str(write_json(tmp_path / "fleet.json", minimal(hosts))))
+
+
+# --- input the parser must survive: one line, exit 2, no host contacted ----------------------------------
+
+
+def assert_one_line_exit_2(result, fragment):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b'{"hosts": [{"name": "a", "host": "h", "user": "\xff"}]}',
+         "not UTF-8 text: byte 0xff at offset 47 (line 1) cannot be decoded"),
+        (b'{\n"hosts": [\n]\n}\n\xc3', "not UTF-8 text: byte 0xc3 at offset 17 (line 5)"),
+        (b"[" * 100_000 + b"]" * 100_000, "JSON nested deeper than 32 levels"),
+        (b'{"hosts": ' + b"[" * 500 + b"]" * 500 + b"}", "JSON nested deeper than 32 levels (at hosts[0][0][0]...)"),
+        (b'{"hosts": [], "defaults": {"timeout": NaN}}', "invalid JSON at line 1, column 39: NaN: JSON has no NaN"),
+        (b'{"hosts": [],\n "defaults": {"timeout": Infinity}}', "line 2, column 26: Infinity: JSON has no NaN"),
+        (b'{"hosts": [], "defaults": {"timeout": -Infinity}}', "column 39: -Infinity: JSON has no NaN"),
+        (b'{"hosts": [], "defaults": {"timeout": 1e999}}', "1e999: too large for a number"),
+        (b'{"hosts": [], "defaults": {"parallel": 1' + b"0" * 5000 + b"}}", "an integer of more than 20 digits"),
+        (b'{"hosts": "NaN"}', "hosts: 'NaN' is not of type 'array'"),
+    ],
+    ids=["bad-byte", "bad-last-byte", "100000-arrays", "500-arrays", "nan", "infinity", "-infinity", "1e999",
+         "5000-digits", "nan-string"],
+)
+def test_config_bytes_the_parser_refuses(tmp_path, guarded_env, data, expected):
+    path = tmp_path / "fleet.json"
+    path.write_bytes(data)
+    assert_one_line_exit_2(run_fab(["status", "--config", str(path)], guarded_env), expected)
+
+
+def test_a_bom_is_allowed(tmp_path):
+    path = tmp_path / "fleet.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(minimal()).encode())
+    assert load_config(str(path)).hosts[0].name == "pi-1"
+
+
+def test_control_characters_in_strings_are_refused(tmp_path):
+    """Python's `$` matches before a final newline: the name pattern alone would let "pi-1\\n" through."""
+    path = write_json(tmp_path / "fleet.json", minimal([{"name": "pi-1\n", "host": "127.0.0.1", "user": "pi"}]))
+    with pytest.raises(UsageError, match=r"hosts\[0\].name: 'pi-1\\n' contains a control character"):
+        load_config(str(path))
+
+
+def test_integers_written_as_floats_become_ints(tmp_path):
+    hosts = [{"name": "a", "host": "127.0.0.1", "user": "u", "port": 2222.0, "max_tasks": 2.0}]
+    fleet = load_config(str(write_json(tmp_path / "fleet.json", minimal(hosts, parallel=8.0))))
+    assert (fleet.hosts[0].port, fleet.hosts[0].max_tasks, fleet.defaults.parallel) == (2222, 2, 8)
+    assert all(type(v) is int for v in (fleet.hosts[0].port, fleet.hosts[0].max_tasks, fleet.defaults.parallel))
+
+
+def test_template_cannot_be_written_under_a_file(tmp_path, guarded_env):
+    (tmp_path / "a-file").write_text("")
+    path = tmp_path / "a-file" / "sub" / "fleet.json"
+    assert_one_line_exit_2(run_fab(["status", "--config", str(path)], guarded_env),
+                           f"cannot write a template config at {path}: {tmp_path / 'a-file'} is not a directory")
+
+
+def test_template_cannot_be_written_in_a_read_only_directory(tmp_path, guarded_env):
+    from tests.readonly_support import run_with_read_only
+
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    path = directory / "cfg" / "fleet.json"
+    result = run_with_read_only(directory, [FAB, "status", "--config", path], guarded_env)
+    assert_one_line_exit_2(result, f"cannot write a template config at {path}: {directory} is not writable")
+    assert not path.exists()
+
+
+def test_unreadable_config_is_one_line(tmp_path, guarded_env):
+    """Root reads any mode, so "unreadable" is a directory here, and a symlink to nothing."""
+    directory = tmp_path / "dir.json"
+    directory.mkdir()
+    assert_one_line_exit_2(run_fab(["status", "--config", str(directory)], guarded_env),
+                           f"cannot read config {directory}: Is a directory")
+    dangling = tmp_path / "link.json"
+    dangling.symlink_to(tmp_path / "gone.json")
+    assert_one_line_exit_2(run_fab(["status", "--config", str(dangling)], guarded_env),
+                           f"cannot read config {dangling}: no such file (a symlink to {tmp_path / 'gone.json'}")
+    assert not (tmp_path / "gone.json").exists(), "no template is written through a dangling symlink"
+
+
+def test_config_larger_than_16_mib_is_refused(tmp_path, guarded_env):
+    path = tmp_path / "fleet.json"
+    path.write_bytes(b'{"hosts": []}' + b" " * (16 << 20))
+    assert_one_line_exit_2(run_fab(["status", "--config", str(path)], guarded_env), "larger than 16 MiB")
+
+
+# --- caps, each saying why ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hosts, defaults, expected",
+    [
+        ([{"max_tasks": 65}], {}, "hosts[0].max_tasks: 65 is greater than the maximum of 64 (each batch slot is an "
+                                  "SSH session on the host's one connection (batch keeps one more to stop tasks), "
+                                  "and sshd allows MaxSessions per connection, 10 by default: at most 64)"),
+        ([{}], {"parallel": 1025}, "defaults.parallel: 1025 is greater than the maximum of 1024"),
+        ([{}], {"timeout": 86401}, "defaults.timeout: 86401 is greater than the maximum of 86400 (seconds a task "
+                                   "may run: at most 86400, one day)"),
+        ([{}], {"connect_timeout": 1e9}, "defaults.connect_timeout: 1000000000.0 is greater than the maximum of 86400"),
+        ([{}] * 10001, {}, "hosts: 10001 hosts, at most 10000 in one config"),
+    ],
+    ids=["max_tasks", "parallel", "timeout", "connect_timeout", "hosts"],
+)
+def test_caps(tmp_path, guarded_env, hosts, defaults, expected):
+    entries = [{"name": f"h{i}", "host": "127.0.0.1", "user": "u", **extra} for i, extra in enumerate(hosts)]
+    path = write_json(tmp_path / "fleet.json", minimal(entries, **defaults))
+    assert_one_line_exit_2(run_fab(["status", "--config", str(path)], guarded_env), expected)
+
+
+def test_caps_themselves_are_allowed(tmp_path):
+    hosts = [{"name": "a", "host": "127.0.0.1", "user": "u", "max_tasks": 64}]
+    fleet = load_config(str(write_json(tmp_path / "fleet.json",
+                                       minimal(hosts, parallel=1024, timeout=86400, connect_timeout=86400))))
+    assert (fleet.hosts[0].max_tasks, fleet.defaults.parallel, fleet.defaults.timeout) == (64, 1024, 86400)
+
+
+def test_schema_documents_every_cap():
+    schema = json.loads(fleet_config_module.SCHEMA_FILE.read_text())
+    host, defaults = schema["$defs"]["host"]["properties"], schema["$defs"]["defaults"]["properties"]
+    assert schema["properties"]["hosts"]["maxItems"] == fleet_config_module.MAX_HOSTS == 10000
+    assert host["max_tasks"]["maximum"] == 64 and "MaxSessions" in host["max_tasks"]["description"]
+    assert defaults["parallel"]["maximum"] == 1024
+    assert defaults["timeout"]["maximum"] == defaults["connect_timeout"]["maximum"] == 86400
+    for item in (schema["properties"]["hosts"], host["max_tasks"], defaults["parallel"], defaults["timeout"],
+                 defaults["connect_timeout"]):
+        assert item["description"]
+
+
+# --- host specs --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target, user, host, port",
+    [
+        ("u@[::1]:22", "u", "::1", 22),
+        ("u@[::1]", "u", "::1", None),
+        ("u@::1", "u", "::1", None),
+        ("u@[fe80::1%eth0]:2222", "u", "fe80::1%eth0", 2222),
+        ("u@2001:db8::7", "u", "2001:db8::7", None),
+        ("u@10.0.0.5:0022", "u", "10.0.0.5", 22),
+        ("u@box", "u", "box", None),
+    ],
+)
+def test_parse_target(target, user, host, port):
+    from fabfile.config import parse_target
+
+    entry = parse_target(target)
+    assert (entry.user, entry.host, entry.port, entry.name) == (user, host, port, host)
+
+
+def test_ipv6_address_is_shown_in_brackets():
+    from fabfile.config import parse_target
+
+    assert parse_target("u@[::1]:22").address == "u@[::1]:22"
+    assert parse_target("u@::1").address == "u@[::1]"
+
+
+@pytest.mark.parametrize(
+    "target, complaint",
+    [
+        ("a@b@c", "expected user@host[:port], with exactly one @"),
+        ("@host", "the user before @ is empty"),
+        ("u@", "the host after @ is empty"),
+        ("u@:22", "the host after @ is empty"),
+        ("u@host:", "the port must be a number from 1 to 65535"),
+        ("u@host:0", "the port must be a number from 1 to 65535"),
+        ("u@host:65536", "the port must be a number from 1 to 65535"),
+        ("u@host:²", "the port must be a number from 1 to 65535"),
+        ("u@host:1" + "0" * 5000, "the port must be a number from 1 to 65535"),
+        ("u@host:-1", "the port must be a number from 1 to 65535"),
+        ("u@[::1]:x", "the port must be a number from 1 to 65535"),
+        ("u@[::1", "'[' without its ']'"),
+        ("u@[::1]22", "expected :port after ]"),
+        ("u@[box]:22", "[box] is not an IPv6 address"),
+        ("u@host:22:33", "not host:port, nor an IPv6 address"),
+        ("u@ho st", "a space or a control character"),
+        ("u@host\n", "a space or a control character"),
+    ],
+)
+def test_bad_targets(target, complaint):
+    from fabfile.config import parse_target
+
+    with pytest.raises(UsageError) as caught:
+        parse_target(target)
+    assert complaint in str(caught.value)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_cli_bad_target_is_one_line_and_needs_no_config(tmp_path, guarded_env):
+    path = tmp_path / "absent.json"
+    for spec, complaint in (("a@b@c", "bad target 'a@b@c': expected user@host[:port], with exactly one @"),
+                            ("u@host:99999", "the port must be a number from 1 to 65535")):
+        assert_one_line_exit_2(run_fab(["status", "--config", str(path), "--hosts", spec], guarded_env), complaint)
+        assert not path.exists()
+
+
+def test_adhoc_targets_are_deduplicated(tagged_fleet):
+    assert [h.name for h in select_hosts(tagged_fleet, "u@127.0.0.5,u@127.0.0.5, nuc")] == ["nuc", "127.0.0.5"]
+
+
+# --- one rule for an empty selection, in every verb ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [",,", "", " , "])
+def test_empty_spec_selects_nothing_and_says_so(tagged_fleet, spec):
+    with pytest.raises(UsageError, match=f"no hosts selected: --hosts '{spec}' names none"):
+        select_hosts(tagged_fleet, spec)
+
+
+EMPTY_SELECTION_RUNS = [
+    ("status", []),
+    ("deploy", []),
+    ("teardown", ["--yes"]),
+    ("batch", ["-t", "hi"]),
+    ("dispatch", ["-t", "hi"]),
+    ("dispatch", ["--all", "-t", "hi"]),
+]
+
+
+@pytest.mark.parametrize("verb, flags", EMPTY_SELECTION_RUNS)
+def test_every_verb_refuses_a_config_without_hosts(tmp_path, guarded_env, verb, flags):
+    path = write_json(tmp_path / "fleet.json", {"hosts": []})
+    result = run_fab([verb, "--config", str(path), *flags], dict(guarded_env, ANTHROPIC_API_KEY="sk-x"))
+    assert_one_line_exit_2(result, f"no hosts selected: {path} lists no hosts")
+
+
+@pytest.mark.parametrize("verb, flags", EMPTY_SELECTION_RUNS[:4] + [("dispatch", ["-t", "hi"])])
+@pytest.mark.parametrize("flag, spec", [("--hosts", ",,"), ("--hosts", "")])
+def test_every_verb_refuses_an_empty_hosts_flag(tmp_path, guarded_env, verb, flags, flag, spec):
+    path = write_json(tmp_path / "fleet.json", minimal())
+    result = run_fab([verb, "--config", str(path), *flags, flag, spec], dict(guarded_env, ANTHROPIC_API_KEY="sk-x"))
+    assert_one_line_exit_2(result, f"no hosts selected: {flag} '{spec}' names none")
+
+
+def test_dispatch_refuses_an_empty_host_flag(tmp_path, guarded_env):
+    path = write_json(tmp_path / "fleet.json", minimal())
+    result = run_fab(["dispatch", "--config", str(path), "--host", ",", "-t", "hi"], guarded_env)
+    assert_one_line_exit_2(result, "no hosts selected: --host ',' names none")

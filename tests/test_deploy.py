@@ -14,7 +14,7 @@ import time
 import pytest
 
 from fabfile.config import Defaults, FleetConfig, HostEntry
-from fabfile.connections import fan_out
+from fabfile.fanout import fan_out
 from fabfile.deployment import deploy_host, deploy_plan
 from fabfile.errors import UsageError
 from fabfile.release import extract_binary
@@ -152,7 +152,7 @@ def test_first_deploy_installs_binary_env_and_onboards(testbed, server, config, 
         assert mode_of(host.home / ".picoclaw" / "config.json") == 0o600
         assert installed_version(testbed, host) == "0.2.0"
         assert sorted(p.name for p in binary.parent.iterdir()) == ["picoclaw"]  # no temp file left
-    assert data["release"] == {"repo": RELEASE_REPO, "tag": "v0.2.0", "version": "0.2.0"}
+    assert data["release"] == {"repo": RELEASE_REPO, "tag": "v0.2.0", "version": "0.2.0", "verification": "checksums"}
     assert data["summary"] == {"ok": 2}
     assert data["uploaded_bytes"] >= 2 * len(expected)
     assert len(server.api_requests()) == 1  # resolved once per run, not once per host
@@ -550,7 +550,7 @@ def test_deploy_host_through_fan_out_with_a_shared_plan(testbed, server):
     entries = [HostEntry(h.name, h.address, h.user, h.port, ssh_key=str(testbed.client_key)) for h in hosts]
     fleet = FleetConfig(path=None, hosts=entries, defaults=defaults)
     plan = deploy_plan(fleet, environ={"ANTHROPIC_API_KEY": API_KEY, "XDG_CACHE_HOME": str(testbed.workdir / "dp-cache")})
-    reports = fan_out(entries, lambda cxn, entry: deploy_host(cxn, entry, plan), defaults)
+    reports = fan_out(entries, lambda cxn, entry: deploy_host(cxn, entry, plan), defaults).reports
     assert [r.status for r in reports] == ["ok", "ok"]
     assert [r.details["binary"] for r in reports] == ["installed", "installed"]
     assert plan.uploaded.total == sum(r.details["uploaded_bytes"] for r in reports)  # binary, .env, config files

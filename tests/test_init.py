@@ -296,3 +296,79 @@ def test_init_leaves_no_secret_or_env_behind(tmp_path, home_env):
     assert result.returncode == 0
     assert "sk-init-test-secret" not in path.read_text() + result.stdout + result.stderr
     assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+# --- host specs and files init cannot write: one line, exit 2, the file as it was ----------------------
+
+
+@pytest.mark.parametrize(
+    "target, fragment",
+    [
+        ("a@b@c", "bad --host 'a@b@c': expected user@host[:port], with exactly one @"),
+        ("n=a@b@c", "bad --host 'a@b@c': expected user@host[:port], with exactly one @"),
+        ("u@", "bad --host 'u@': the host after @ is empty"),
+        ("@h", "the user before @ is empty"),
+        ("u@h:", "the port must be a number from 1 to 65535"),
+        ("u@h:²", "the port must be a number from 1 to 65535"),
+        ("u@[::1]:2222", "bad --host 'u@[::1]:2222': '::1' cannot be a host name"),
+        ("u@[::1]:0", "the port must be a number from 1 to 65535"),
+        (",,", "no hosts selected: --host ',,' names none"),
+    ],
+)
+def test_init_bad_host_specs(tmp_path, home_env, target, fragment):
+    path = tmp_path / "fleet.json"
+    assert_usage_error(fab(["init", "--config", str(path), "--host", target], home_env), fragment)
+    assert not path.exists()
+
+
+def test_init_ipv6_host_with_a_name(tmp_path, home_env):
+    path = tmp_path / "fleet.json"
+    result = fab(["init", "--config", str(path), "--host", "v6=pi@[::1]:2222", "--host", "bare=pi@::1"], home_env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(path.read_text())["hosts"] == [
+        {"name": "v6", "host": "::1", "user": "pi", "port": 2222},
+        {"name": "bare", "host": "::1", "user": "pi"},
+    ]
+    fleet = load_config(str(path))
+    assert [h.address for h in fleet.hosts] == ["pi@[::1]:2222", "pi@[::1]"]
+
+
+def test_init_cannot_write_under_a_file(tmp_path, home_env):
+    (tmp_path / "a-file").write_text("x")
+    path = tmp_path / "a-file" / "fleet.json"
+    assert_usage_error(fab(["init", "--config", str(path)], home_env),
+                       f"cannot write a template config at {path}: {tmp_path / 'a-file'} is not a directory")
+    assert_usage_error(fab(["init", "--config", str(path), "--host", "pi@127.0.0.1"], home_env),
+                       f"cannot write config {path}: {tmp_path / 'a-file'} is not a directory")
+
+
+def test_init_cannot_write_in_a_read_only_directory(tmp_path, home_env):
+    from tests.readonly_support import run_with_read_only
+    from tests.testbed import FAB
+
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    existing = directory / "fleet.json"
+    existing.write_text('{"hosts": []}\n')
+    result = run_with_read_only(directory, [FAB, "init", "--config", existing, "--host", "pi@127.0.0.1"], home_env)
+    assert_usage_error(result, f"cannot write config {existing}: {directory} is not writable")
+    assert existing.read_text() == '{"hosts": []}\n'
+    fresh = directory / "sub" / "fleet.json"
+    result = run_with_read_only(directory, [FAB, "init", "--config", fresh], home_env)
+    assert_usage_error(result, f"cannot write a template config at {fresh}: {directory} is not writable")
+
+
+@pytest.mark.parametrize("port", ["99999", "²", "0x16"])
+def test_init_from_ssh_config_with_a_bad_port(tmp_path, home_env, port):
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Host box\n  HostName 127.0.0.1\n  Port {port}\n")
+    path = tmp_path / "fleet.json"
+    result = fab(["-S", str(ssh_config), "init", "--from-ssh-config", "--config", str(path)], home_env)
+    assert_usage_error(result, f"ssh config: Host box has Port '{port}', not a number from 1 to 65535")
+
+
+def test_init_host_beside_a_config_with_odd_names_is_one_line(tmp_path, home_env):
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps({"hosts": [{"name": [1], "host": "h", "user": "u"}]}))
+    assert_usage_error(fab(["init", "--config", str(path), "--host", "pi@127.0.0.1"], home_env),
+                       "invalid config: hosts[0].name: [1] is not of type 'string'")

@@ -15,6 +15,8 @@ import pytest
 
 from fabfile.errors import UsageError
 from fabfile.release import (
+    CHECKSUMS_NAME,
+    UNVERIFIED_REFUSED,
     Asset,
     AssetProblem,
     DownloadCache,
@@ -65,9 +67,10 @@ def cache(tmp_path):
     return DownloadCache(tmp_path / "cache")
 
 
-def binaries_for(server, cache, tag=None, token=None):
+def binaries_for(server, cache, tag=None, token=None, allow_unverified=False):
     session = github_session()
-    return ReleaseBinaries(resolve_release(server.url, REPO, tag, token, session), session, cache)
+    return ReleaseBinaries(resolve_release(server.url, REPO, tag, token, session), session, cache,
+                           allow_unverified=allow_unverified)
 
 
 # ---- picking the asset -------------------------------------------------------------
@@ -274,8 +277,8 @@ def test_cache_is_reused_by_the_next_run(server, cache):
 
 def test_cache_without_checksums_is_found_by_asset_identity(server, cache):
     server.publish(REPO, "v0.2.0", {"picoclaw-linux-amd64": b"#!/bin/sh\necho raw\n"}, checksums=False)
-    binaries_for(server, cache).for_arch("amd64")
-    binaries_for(server, cache).for_arch("amd64")
+    binaries_for(server, cache, allow_unverified=True).for_arch("amd64")
+    binaries_for(server, cache, allow_unverified=True).for_arch("amd64")
     assert len(server.downloads("picoclaw-linux-amd64")) == 1
 
 
@@ -314,6 +317,71 @@ def test_tampered_download_fails_against_githubs_digest(server, cache):
     assert raised.value.status == "checksum-mismatch"
 
 
+def test_goreleasers_checksum_file_name_is_recognised_and_used(server, cache):
+    assert CHECKSUMS_NAME.search("picoclaw_0.2.0_checksums.txt")
+    assets = upstream_assets()
+    sums = {name: sha(data) for name, data in assets.items()}
+    sums["picoclaw_Linux_arm64.tar.gz"] = "e" * 64
+    server.publish(REPO, "v0.2.0", assets, checksums=sums, checksums_name="picoclaw_0.2.0_checksums.txt")
+    binaries = binaries_for(server, cache)
+    assert binaries.release.checksums.name == "picoclaw_0.2.0_checksums.txt"
+    assert binaries.describe()["verification"] == "checksums"
+    assert binaries.for_arch("amd64").data.startswith(b"#!")
+    with pytest.raises(AssetProblem) as raised:
+        binaries.for_arch("arm64")
+    assert raised.value.status == "checksum-mismatch" and "e" * 64 in str(raised.value)
+    assert len(server.downloads("picoclaw_0.2.0_checksums.txt")) == 1
+    assert pick_asset(binaries.release, "amd64").name == "picoclaw_Linux_x86_64.tar.gz"  # never taken for a build
+
+
+def test_github_digest_alone_verifies_and_is_reported(server, cache):
+    server.publish(REPO, "v0.2.0", upstream_assets(), checksums=False, digests=True)
+    binaries = binaries_for(server, cache)
+    assert binaries.describe() == {"repo": REPO, "tag": "v0.2.0", "version": "0.2.0", "verification": "digest"}
+    assert binaries.for_arch("arm64").data.startswith(b"#!")
+
+
+def test_release_with_neither_checksums_nor_digest_is_not_installed(server, cache):
+    server.publish(REPO, "v0.2.0", upstream_assets(), checksums=False)
+    binaries = binaries_for(server, cache)
+    for _ in range(2):
+        with pytest.raises(AssetProblem) as raised:
+            binaries.for_arch("amd64")
+        assert raised.value.status == "unverified"
+        message = str(raised.value)
+        assert "no checksum file and no digest" in message and "picoclaw_Linux_x86_64.tar.gz" in message
+        assert "--allow-unverified" in message
+    assert server.downloads() == []  # refused before anything was downloaded
+    assert binaries.describe()["verification"] == UNVERIFIED_REFUSED
+    assert not (cache.root / "sha256").exists()
+
+
+def test_allow_unverified_installs_it_and_says_so(server, cache):
+    assets = upstream_assets()
+    server.publish(REPO, "v0.2.0", assets, checksums=False)
+    binaries = binaries_for(server, cache, allow_unverified=True)
+    assert binaries.describe()["verification"] == "unverified (--allow-unverified)"
+    binary = binaries.for_arch("amd64")
+    assert binary.data == extract_binary(assets["picoclaw_Linux_x86_64.tar.gz"], "x")
+    assert len(server.downloads("picoclaw_Linux_x86_64.tar.gz")) == 1
+
+
+def test_allow_unverified_still_refuses_a_checksum_mismatch(server, cache):
+    assets = upstream_assets()
+    server.publish(REPO, "v0.2.0", assets, checksums={name: "0" * 64 for name in assets})
+    binaries = binaries_for(server, cache, allow_unverified=True)
+    assert binaries.describe()["verification"] == "checksums"
+    with pytest.raises(AssetProblem) as raised:
+        binaries.for_arch("amd64")
+    assert raised.value.status == "checksum-mismatch"
+    server.publish(REPO, "v0.3.0", {"picoclaw-linux-amd64": b"#!/bin/sh\necho good\n"}, checksums=False, digests=True)
+    binaries = binaries_for(server, cache, tag="v0.3.0", allow_unverified=True)
+    server.replace_asset(REPO, "v0.3.0", "picoclaw-linux-amd64", b"#!/bin/sh\necho evil\n")
+    with pytest.raises(AssetProblem) as raised:
+        binaries.for_arch("amd64")
+    assert raised.value.status == "checksum-mismatch"
+
+
 def test_asset_missing_from_checksums_is_refused(server, cache):
     assets = upstream_assets()
     server.publish(REPO, "v0.2.0", assets, checksums={"picoclaw_Linux_x86_64.tar.gz": sha(assets["picoclaw_Linux_x86_64.tar.gz"])})
@@ -323,12 +391,19 @@ def test_asset_missing_from_checksums_is_refused(server, cache):
 
 
 def test_download_error_is_download_failed(server, cache):
-    server.publish(REPO, "v0.2.0", upstream_assets(), checksums=False)
+    server.publish(REPO, "v0.2.0", upstream_assets())
+    server.fail_downloads(500)
+    with pytest.raises(AssetProblem) as raised:
+        binaries_for(server, cache).for_arch("amd64")
+    assert raised.value.status == "download-failed" and "cannot fetch checksums.txt: HTTP 500" in str(raised.value)
+    server.heal()
+    server.publish(REPO, "v0.2.0", upstream_assets(), checksums=False, digests=True)
     binaries = binaries_for(server, cache)
     server.fail_downloads(500)
     with pytest.raises(AssetProblem) as raised:
         binaries.for_arch("amd64")
-    assert raised.value.status == "download-failed" and "HTTP 500" in str(raised.value)
+    assert raised.value.status == "download-failed"
+    assert "cannot download picoclaw_Linux_x86_64.tar.gz: HTTP 500" in str(raised.value)
 
 
 def test_release_binaries_uses_config_and_xdg_cache(server, tmp_path):
@@ -336,7 +411,7 @@ def test_release_binaries_uses_config_and_xdg_cache(server, tmp_path):
     defaults = SimpleNamespace(github_api=server.url, release_repo="acme/claw")
     environ = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "GITHUB_TOKEN": "tok"}
     binaries = release_binaries(defaults, None, environ)
-    assert binaries.describe() == {"repo": "acme/claw", "tag": "v1.0.0", "version": "1.0.0"}
+    assert binaries.describe() == {"repo": "acme/claw", "tag": "v1.0.0", "version": "1.0.0", "verification": "checksums"}
     binaries.for_arch("riscv64")
     assert cache_dir(environ) == tmp_path / "xdg" / "picoclaw-fleet"
     assert any((cache_dir(environ) / "sha256").iterdir())

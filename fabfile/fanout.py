@@ -1,0 +1,145 @@
+"""The one fan-out: a piece of work on every selected host, at most `parallel` at once.
+
+Fabric's `ThreadingGroup` keys its results by `Connection`, which hashes on
+user, host and port only: two fleet entries that share an address (an alias,
+two names for one board) would collapse into one. Here every result belongs
+to its entry's position, so each entry gets its own report.
+
+Failures are values, as in Fabric's `GroupResult`: a host that cannot be
+reached, trusted or authenticated, or whose work raises, becomes a
+`HostReport` with that status; it never stops or delays the others.
+
+A stop (Ctrl-C, SIGTERM, SIGHUP: see `interrupts`) reaches the main thread as
+`KeyboardInterrupt`. Then no host is started any more (``not-run``), each
+running one is stopped by the verb's `stop(cxn)` (dispatch stops PicoClaw on
+the host; the default closes the connection), and comes back ``interrupted``
+with whatever its work had; the reports are returned all the same, marked.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+
+from .connections import HostKeyStore, build_connection, close_quietly, failure_report, fabric_config
+from .report import HostReport
+
+#: How long a stopped host's work may take to return what it had.
+STOP_GRACE_S = 12
+
+
+@dataclass
+class FanOut:
+    """The reports of a fan-out, in entry order, and whether a stop cut it short."""
+
+    reports: list
+    interrupted: bool = False
+
+
+def fan_out(entries, work, defaults, parallel=None, base_config=None, config_hosts=(), stop=None):
+    """Run ``work(connection, entry) -> HostReport`` on every entry; a `FanOut`.
+
+    Connections are made by the workers as they start (one per entry, never
+    shared, closed when its work ends), so a large fleet does not pay for
+    all of them before the first host starts.
+    """
+    run = _Run(list(entries), work, defaults, base_config, config_hosts, stop or close_quietly)
+    workers = [threading.Thread(target=run.worker, daemon=True, name=f"fan-out-{i}")
+               for i in range(min(max(1, int(parallel or defaults.parallel)), max(1, len(run.entries))))]
+    for worker in workers:
+        worker.start()
+    try:
+        run.wait()
+    except KeyboardInterrupt:
+        run.stop_all()
+        return FanOut(run.final_reports(), interrupted=True)
+    return FanOut(run.final_reports())
+
+
+class _Run:
+    """The shared state of one fan-out: who is next, who is running, what came back."""
+
+    def __init__(self, entries, work, defaults, base_config, config_hosts, stop):
+        self.entries, self.work, self.defaults, self.stop = entries, work, defaults, stop
+        self.keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
+        self.config = fabric_config(base_config)
+        self.config_hosts = config_hosts
+        self.lock = threading.Condition()
+        self.next = 0
+        self.running = {}  # position -> (connection, started)
+        self.reports = [None] * len(entries)
+        self.stopping = False
+        self.stopped = set()  # positions that were running when the stop came
+        self.finished = 0
+
+    def worker(self):
+        while True:
+            with self.lock:
+                if self.stopping or self.next >= len(self.entries):
+                    return
+                position, self.next = self.next, self.next + 1
+            report = self.one(position)
+            with self.lock:
+                self.reports[position] = report
+                self.running.pop(position, None)
+                self.finished += 1
+                self.lock.notify_all()
+
+    def one(self, position):
+        """The report of one entry: its work's, or its failure as a value."""
+        entry, started = self.entries[position], time.monotonic()
+        cxn = None
+        try:
+            cxn = build_connection(entry, self.defaults, self.keys, self.config, self.config_hosts)
+            with self.lock:
+                if self.stopping:
+                    return None  # stopped before it began: `final_reports` says not-run
+                self.running[position] = (cxn, started)
+            return self.work(cxn, entry)
+        except Exception as exc:  # a host's failure is its report, never the run's crash
+            return failure_report(entry, exc, started, self.defaults.connect_timeout)
+        finally:
+            if cxn is not None:
+                close_quietly(cxn)
+
+    def wait(self):
+        """Until every entry has its report (in short waits, so a stop signal is taken at once)."""
+        with self.lock:
+            while self.finished < len(self.entries):
+                self.lock.wait(0.2)
+
+    def stop_all(self):
+        """Start nothing more; stop the running hosts' work and give it `STOP_GRACE_S` to return."""
+        with self.lock:
+            self.stopping = True
+            running = dict(self.running)
+        stoppers = [threading.Thread(target=self.stop, args=(cxn,), daemon=True) for cxn, _ in running.values()]
+        for stopper in stoppers:
+            stopper.start()
+        deadline = time.monotonic() + STOP_GRACE_S
+        with self.lock:
+            while any(p in self.running for p in running) and time.monotonic() < deadline:
+                self.lock.wait(0.2)
+        self.stopped = set(running)
+
+    def final_reports(self):
+        """Every entry's report: its own, or ``interrupted`` / ``not-run`` when a stop came first."""
+        reports = []
+        for position, entry in enumerate(self.entries):
+            report = self.reports[position]
+            if position in self.stopped:
+                report = interrupted(entry, report, self.running.get(position))
+            elif report is None:
+                report = HostReport(entry.name, entry.address, "not-run", 0.0, "stopped before it started")
+            reports.append(report)
+        return reports
+
+
+def interrupted(entry, report, still_running):
+    """The report of a host whose work was stopped: what it had, marked ``interrupted``."""
+    if report is None or still_running is not None:
+        started = still_running[1] if still_running else time.monotonic()
+        return HostReport(entry.name, entry.address, "interrupted", time.monotonic() - started,
+                          "stopped; could not confirm that its work ended on the host")
+    report.status = "interrupted"
+    report.message = "stopped while it ran"
+    return report
