@@ -42,7 +42,7 @@ def test_work_that_raises_is_a_failed_report_not_a_crash(sim_hosts, fleet_config
 
 
 def test_at_most_parallel_hosts_at_once(testbed, fleet_config):
-    hosts = testbed.add_hosts(5, prefix="fo")
+    hosts = testbed.add_hosts(6, prefix="fo")
     fleet = load_config(str(fleet_config(hosts=hosts)))
     lock, running, peak = threading.Lock(), [0], [0]
 
@@ -57,5 +57,5 @@ def test_at_most_parallel_hosts_at_once(testbed, fleet_config):
             with lock:
                 running[0] -= 1
 
-    assert [r.status for r in fan_out(fleet.hosts, work, fleet.defaults, parallel=2).reports] == ["ok"] * 5
+    assert [r.status for r in fan_out(fleet.hosts, work, fleet.defaults, parallel=2).reports] == ["ok"] * 6
     assert peak[0] == 2

@@ -8,15 +8,12 @@ key policies, ~/.ssh/config and gateway, the concurrency bound, and the
 
 import json
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
 from fabfile.config import load_config
-from fabfile.fanout import fan_out
 from fabfile.facts import PROBE_COMMAND, fleet_status, parse_probe, parse_version
-from fabfile.report import HostReport
 from tests.testbed import FAB, REPO, RotatingKeySshd
 
 
@@ -267,30 +264,6 @@ def test_gateway_is_used(testbed, status_hosts, fleet_config, guarded_env, close
     result, _, hosts = status_json(path, guarded_env, "--hosts", "via-jump")
     assert result.returncode == 1
     assert hosts["via-jump"]["status"] == "unreachable"
-
-
-# --- the fan-out itself ----------------------------------------------------------------------------
-
-
-def test_bounded_group_never_exceeds_parallel(testbed, status_hosts, fleet_config):
-    hosts = testbed.add_hosts(6, prefix="par")
-    fleet = load_config(str(fleet_config(hosts=hosts)))
-    lock, running, peak = threading.Lock(), [0], [0]
-
-    def work(cxn, entry):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        try:
-            cxn.run("sleep 0.3", hide=True, in_stream=False)
-            return HostReport(entry.name, entry.address, "ok", 0.0)
-        finally:
-            with lock:
-                running[0] -= 1
-
-    reports = fan_out(fleet.hosts, work, fleet.defaults, parallel=2).reports
-    assert [r.status for r in reports] == ["ok"] * 6
-    assert peak[0] == 2
 
 
 def test_json_output_is_only_json(status_hosts, fleet_config, guarded_env):
