@@ -54,7 +54,8 @@ class Bench:
         """Run ``fab ARGS`` as a user would; a `measure.ChildRun`, raising on a non-zero exit."""
         run = run_child([str(self.bindir / "fab"), *map(str, args)], env=self.env, cwd=cwd, peak_rss=peak_rss)
         if run.returncode != 0:
-            raise verbs.VerbFailed(f"fab {args[0]} exited {run.returncode}: {run.stderr.strip()[-300:]}")
+            said = verbs.summary(run.stdout) if run.stdout.strip() else run.stderr.strip()[-300:]
+            raise verbs.VerbFailed(f"fab {args[0]} exited {run.returncode}: {said}")
         return run
 
 

@@ -49,11 +49,14 @@ def run_task(verb, **options):
 
 
 def summary(text):
-    """The ``summary`` of a verb's JSON output, or its first line when it is not JSON."""
+    """The ``summary`` of a verb's JSON output and its first failure, or its first line when it is not JSON."""
     try:
-        return json.loads(text).get("summary")
+        data = json.loads(text)
     except ValueError:
         return (text.splitlines() or [""])[0]
+    failed = next((h for h in data.get("hosts", []) if h.get("status") != "ok"), None)
+    first = f"; first failure: {failed['name']}: {failed['status']}: {failed.get('message', '')}" if failed else ""
+    return f"{data.get('summary')}{first}"
 
 
 def dispatch_all(config, text):

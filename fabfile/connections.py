@@ -20,6 +20,7 @@ from pathlib import Path
 import paramiko
 from fabric import Config, Connection
 
+from .deadlines import session_open_seconds
 from .errors import UsageError, one_line
 from .report import HostReport
 
@@ -310,7 +311,7 @@ class FleetConnection(Connection):
             return super().create_session()
         except paramiko.SSHException as exc:
             if "Timeout opening channel" in str(exc):
-                raise ConnectStalled(f"session not opened within {self.connect_timeout:g}s") from exc
+                raise ConnectStalled(f"session not opened within {session_open_seconds(self.connect_timeout):g}s") from exc
             raise
 
     def close(self):
@@ -338,7 +339,7 @@ def apply_deadlines(config, timeout):
     inside Fabric, from this config: without this, its banner, authentication
     and forwarding channel would wait paramiko's defaults (15 s, 30 s, an hour).
     """
-    wanted = {"banner_timeout": timeout, "auth_timeout": timeout, "channel_timeout": timeout}
+    wanted = {"banner_timeout": timeout, "auth_timeout": timeout, "channel_timeout": session_open_seconds(timeout)}
     connect = max(1, math.ceil(timeout))  # Fabric keeps whole seconds for a Connection it makes
     with _CONFIG_LOCK:  # once per run in practice: each set merges invoke's config levels again
         if config.timeouts.connect != connect:
@@ -350,7 +351,7 @@ def apply_deadlines(config, timeout):
 
 def connect_kwargs_for(entry, timeout):
     """paramiko's connect arguments for `entry`: every step's deadline is `timeout`."""
-    kwargs = {"banner_timeout": timeout, "auth_timeout": timeout, "channel_timeout": timeout}
+    kwargs = {"banner_timeout": timeout, "auth_timeout": timeout, "channel_timeout": session_open_seconds(timeout)}
     if entry.ssh_key:
         kwargs["key_filename"] = [os.path.expanduser(entry.ssh_key)]
         kwargs["look_for_keys"] = False
@@ -453,7 +454,7 @@ def _classify(exc, connect_timeout):
     if isinstance(exc, paramiko.SSHException):
         text = str(exc)
         if "Timeout opening channel" in text:
-            return "unreachable", f"session not opened within {connect_timeout:g}s"
+            return "unreachable", f"session not opened within {session_open_seconds(connect_timeout):g}s"
         # A listener that accepts but never speaks ends either in a banner
         # timeout or, when the handshake wait expires first, "No existing session".
         if any(sign in text for sign in ("banner", "No existing session", "Negotiation")):

@@ -28,6 +28,18 @@ class HostStalled(TimeoutError):
     """The host stopped answering during a step; the message names the step and the limit."""
 
 
+#: Opening an SSH session may take this many times the connect timeout: sshd
+#: forks for it, slow on a busy board (or 64 simulated hosts on two CPUs). Less
+#: than `STALL_FACTOR`, so a session that never opens is named as such, before
+#: the step's own deadline.
+SESSION_FACTOR = 2
+
+
+def session_open_seconds(connect_timeout):
+    """How long opening an SSH session may take (`SESSION_FACTOR` x the connect timeout)."""
+    return SESSION_FACTOR * float(connect_timeout or 10)
+
+
 def step_seconds(cxn, extra=0.0):
     """The silence a step on `cxn` may take: `STALL_FACTOR` x its connect timeout, plus `extra`."""
     return STALL_FACTOR * float(getattr(cxn, "connect_timeout", None) or 10) + extra
@@ -118,7 +130,7 @@ def deadline(cxn, step, seconds=None):
         if watch.fired and not isinstance(exc, KeyboardInterrupt):
             raise watch.error() from None
         if "Timeout opening channel" in str(exc):  # paramiko's channel_timeout: the same stall, sooner
-            limit = float(getattr(cxn, "connect_timeout", None) or 10)
+            limit = session_open_seconds(getattr(cxn, "connect_timeout", None))
             raise HostStalled(f"the host stopped answering: {step}: session not opened within {limit:g}s") from None
         if isinstance(exc, TimeoutError) and not isinstance(exc, HostStalled):
             raise HostStalled(f"the host stopped answering: {step}: {exc or 'no answer'}") from None
