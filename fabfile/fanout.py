@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from .connections import HostKeyStore, build_connection, close_quietly, failure_report, fabric_config
+from .errors import UsageError
 from .report import HostReport
 
 #: How long a stopped host's work may take to return what it had.
@@ -38,9 +39,11 @@ class FanOut:
 def fan_out(entries, work, defaults, parallel=None, base_config=None, config_hosts=(), stop=None):
     """Run ``work(connection, entry) -> HostReport`` on every entry; a `FanOut`.
 
-    Connections are made by the workers as they start (one per entry, never
-    shared, closed when its work ends), so a large fleet does not pay for
-    all of them before the first host starts.
+    Each entry gets a connection of its own, never shared, closed when its
+    work ends. They are all built here, in this thread, before any worker
+    starts: building one reads (and, for its deadlines, writes) the shared
+    Fabric config, which is not safe to do from several threads at once. A
+    connection is only an object until its work opens it.
     """
     run = _Run(list(entries), work, defaults, base_config, config_hosts, stop or close_quietly)
     workers = [threading.Thread(target=run.worker, daemon=True, name=f"fan-out-{i}")
@@ -60,9 +63,9 @@ class _Run:
 
     def __init__(self, entries, work, defaults, base_config, config_hosts, stop):
         self.entries, self.work, self.defaults, self.stop = entries, work, defaults, stop
-        self.keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
-        self.config = fabric_config(base_config)
-        self.config_hosts = config_hosts
+        keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
+        config = fabric_config(base_config)
+        self.connections = [self.build(entry, keys, config, config_hosts) for entry in entries]
         self.lock = threading.Condition()
         self.next = 0
         self.running = {}  # position -> (connection, started)
@@ -84,12 +87,22 @@ class _Run:
                 self.finished += 1
                 self.lock.notify_all()
 
+    def build(self, entry, keys, config, config_hosts):
+        """The entry's connection, or the exception building it raised (its report, later)."""
+        try:
+            return build_connection(entry, self.defaults, keys, config, config_hosts)
+        except UsageError:
+            raise  # the config is wrong (a gateway that names nothing...): exit 2, no host contacted
+        except Exception as exc:  # a host's failure is its report, never the run's crash
+            return exc
+
     def one(self, position):
         """The report of one entry: its work's, or its failure as a value."""
         entry, started = self.entries[position], time.monotonic()
-        cxn = None
+        cxn = self.connections[position]
+        if isinstance(cxn, Exception):
+            return failure_report(entry, cxn, started, self.defaults.connect_timeout)
         try:
-            cxn = build_connection(entry, self.defaults, self.keys, self.config, self.config_hosts)
             with self.lock:
                 if self.stopping:
                     return None  # stopped before it began: `final_reports` says not-run
@@ -98,8 +111,7 @@ class _Run:
         except Exception as exc:  # a host's failure is its report, never the run's crash
             return failure_report(entry, exc, started, self.defaults.connect_timeout)
         finally:
-            if cxn is not None:
-                close_quietly(cxn)
+            close_quietly(cxn)
 
     def wait(self):
         """Until every entry has its report (in short waits, so a stop signal is taken at once)."""

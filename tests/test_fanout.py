@@ -59,3 +59,24 @@ def test_at_most_parallel_hosts_at_once(testbed, fleet_config):
 
     assert [r.status for r in fan_out(fleet.hosts, work, fleet.defaults, parallel=2).reports] == ["ok"] * 6
     assert peak[0] == 2
+
+
+def test_connections_are_built_in_the_calling_thread_only(sim_hosts, fleet_config, monkeypatch):
+    """Building a connection writes the shared Fabric config (its deadlines): never from several threads.
+
+    Built from the workers, a full `make bench` saw hosts fail with invoke's
+    "No attribute or config key found for 'timeouts'" while another thread merged the config.
+    """
+    import fabfile.fanout as fanout_module
+
+    fleet = load_config(str(fleet_config(hosts=sim_hosts)))
+    builders, real = [], fanout_module.build_connection
+
+    def recording(*args, **kwargs):
+        builders.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fanout_module, "build_connection", recording)
+    done = fan_out(fleet.hosts, lambda cxn, entry: HostReport(entry.name, entry.address, "ok", 0.0), fleet.defaults)
+    assert [r.status for r in done.reports] == ["ok"] * len(sim_hosts)
+    assert builders == [threading.current_thread()] * len(sim_hosts)

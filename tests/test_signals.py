@@ -61,7 +61,12 @@ def test_broadcast_stops_every_host_and_reports(testbed, hosts, fleet_config, gu
     data = json.loads(out)
     assert data["interrupted"] is True
     assert [h["status"] for h in data["hosts"]] == ["interrupted", "interrupted"]
-    assert all(h["answer"].endswith("\nworking") for h in data["hosts"])  # what came before the stop is kept
+    for host in data["hosts"]:
+        # What arrived before the stop is kept: the stand-in's pid line and its text, or a prefix of
+        # them when the signal came between the process starting (what the test waits for) and its output.
+        pid, _, rest = host["answer"].partition("\n")
+        assert pid.isdigit() or host["answer"] == "", host["answer"]
+        assert "working".startswith(rest), host["answer"]
     assert "Traceback" not in err
     no_task_left_running(testbed, hosts)
 
