@@ -22,8 +22,8 @@ from . import remote_files
 from .config import model_choice
 from .deadlines import deadline, step_seconds
 from .errors import UsageError
-from .facts import BINARY_PATH, CONFIG_FILE, ENV_FILE, PICOCLAW_DIR, parse_version, probe_host
-from .provisioning import ProvisioningError, provision_model
+from .facts import BINARY_PATH, CONFIG_FILE, ENV_FILE, parse_version, probe_host
+from .provisioning import ProvisioningError, private_dir, provision_model
 from .remote_files import RemoteFileError
 from .report import HostReport
 
@@ -177,6 +177,7 @@ def deploy_host(cxn, entry, plan, facts=None):
     try:
         binary = plan.binaries.for_arch(facts.arch)
         details.update(install_binary(cxn, binary, facts, plan, count))
+        private_dir(cxn)  # once, for .env and PicoClaw's config and key files alike
         details["env"] = "written" if write_env(cxn, plan, count) else "unchanged"
         details["onboard"] = onboard(cxn, plan.timeout)
         choice = plan.model_for(entry)
@@ -250,9 +251,10 @@ def binary_version(cxn, path):
 
 
 def write_env(cxn, plan, on_bytes=None):
-    """Write ~/.picoclaw/.env (dir 0700, file 0600) when its content differs; True when written."""
-    remote_files.mkdir(cxn, PICOCLAW_DIR, 0o700)
-    remote_files.ensure_mode(cxn, PICOCLAW_DIR, 0o700)
+    """Write ~/.picoclaw/.env (file 0600, in the 0700 directory `private_dir` made) when its content differs.
+
+    True when written.
+    """
     return remote_files.write_if_changed(cxn, ENV_FILE, plan.env_text, 0o600, on_bytes)
 
 

@@ -19,13 +19,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .agent_command import AgentOptions, agent_report, run_agent, stop_running_tasks, task_bytes
+from .agent_command import AgentOptions, AgentResult, agent_report, run_agent, stop_running_tasks, task_bytes
 from .errors import UsageError
 from .report import FleetReport, HostReport
 
 #: Every host's JSON carries these, even a host the task never reached.
-OUTPUT_FIELDS = {"answer": "", "stdout": "", "stderr": "", "log": "", "exit_code": None,
-                 "dropped_bytes": {"stdout": 0, "stderr": 0}, "not_utf8": []}
+OUTPUT_FIELDS = AgentResult("", "", None, "not-run", "", 0.0).details()
 
 
 @dataclass(frozen=True)

@@ -110,11 +110,6 @@ class HostFacts:
     worker: "WorkerConfig | None" = None
 
     @property
-    def model(self):
-        """The PicoClaw model_name the host's config selects, or None."""
-        return self.worker.model if self.worker else None
-
-    @property
     def installed(self):
         """True when a runnable PicoClaw answered ``version``."""
         return self.version is not None

@@ -37,15 +37,20 @@ class ProvisioningError(Exception):
     """A PicoClaw config file on the host cannot be merged (not JSON, not YAML, wrong shape)."""
 
 
+def private_dir(cxn):
+    """Make ~/.picoclaw exist with mode 0700 (a directory the user already has keeps its files)."""
+    remote_files.mkdir(cxn, PICOCLAW_DIR, DIR_MODE)
+    remote_files.ensure_mode(cxn, PICOCLAW_DIR, DIR_MODE)
+
+
 def provision_model(cxn, choice, key, on_bytes=None):
     """Make the host's PicoClaw use `choice` (a `config.ModelChoice`) with `key`.
 
-    Returns ``configured`` when either file was written, ``unchanged`` when
-    both already said so. `ProvisioningError` or `RemoteFileError` (with a
-    message that never holds the key) when a file cannot be read or merged.
+    The caller has made ~/.picoclaw private (`private_dir`). Returns
+    ``configured`` when either file was written, ``unchanged`` when both
+    already said so. `ProvisioningError` or `RemoteFileError` (with a message
+    that never holds the key) when a file cannot be read or merged.
     """
-    remote_files.mkdir(cxn, PICOCLAW_DIR, DIR_MODE)
-    remote_files.ensure_mode(cxn, PICOCLAW_DIR, DIR_MODE)
     current = read_json(cxn, CONFIG_FILE)
     config = with_model(current, choice)
     security_now = read_yaml(cxn, SECURITY_FILE)

@@ -22,7 +22,7 @@ import shlex
 import stat
 from contextlib import contextmanager
 
-from .deadlines import deadline
+from .deadlines import deadline, step_seconds
 
 #: How much an upload writes per SFTP request (paramiko pipelines them).
 CHUNK = 32768
@@ -85,15 +85,10 @@ def open_sftp(cxn):
     import paramiko
 
     channel = cxn.client.get_transport().open_session()
-    channel.settimeout(step_timeout(cxn))
+    channel.settimeout(step_seconds(cxn))
     channel.invoke_subsystem("sftp")
     return paramiko.SFTPClient(channel)
 
-
-def step_timeout(cxn):
-    from .deadlines import step_seconds
-
-    return step_seconds(cxn)
 
 
 def home(cxn):
