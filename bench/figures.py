@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fabfile.agent_command import agent_command
+from fabfile.host.agent import agent_command
 from tests import testbed as tb
 
 from . import baselines, verbs
@@ -132,7 +132,7 @@ def pssh_row(figure, what, ours, pssh, baseline_what, goal):
 
 def figure_status(bench):
     """``status`` against raw ThreadingGroup ``true``, and against the same probe, on the same hosts."""
-    from fabfile.facts import PROBE_COMMAND
+    from fabfile.host.facts import PROBE_COMMAND
 
     hosts, key = bench.hosts, bench.fleet.client_key
     bench.fleet.install_standin(hosts)

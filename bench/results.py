@@ -95,7 +95,7 @@ HEADERS = ["FIG", "WHAT", "OURS median (min-max)", "BASELINE median (min-max)", 
 
 def render(rows):
     """The table people read, then each row's notes."""
-    from fabfile.report import render_table
+    from fabfile.core.report import render_table
 
     text = render_table([row.cells() for row in rows], HEADERS)
     notes = [f"  {row.figure}: {note}" for row in rows for note in ([row.error] if row.error else []) + row.notes]

@@ -4,8 +4,9 @@ Each task is thin: parse options, call one function, render the result.
 Errors the user can cause exit 2 with one line; otherwise the exit code is 0
 when every selected host succeeded and 1 when any did not.
 
-Heavy modules (paramiko-backed connections, jsonschema, requests) are
-imported inside the tasks so that ``fab --list`` stays fast.
+The verbs (``fabfile.verbs``) and what they stand on are imported inside
+the tasks: ``fab --list`` and ``fab --help`` then load invoke alone, not
+paramiko, jsonschema and PyYAML. Everywhere else imports are at module top.
 """
 
 import sys
@@ -24,7 +25,7 @@ COMMON_HELP = {
 @contextmanager
 def usage_errors():
     """Turn a `UsageError` into one line on stderr and exit code 2."""
-    from .errors import UsageError
+    from .core.errors import UsageError
 
     try:
         yield
@@ -34,22 +35,36 @@ def usage_errors():
 
 def handle_stops():
     """Ctrl-C, SIGTERM and SIGHUP stop the run and still report what finished (`interrupts`)."""
-    from .interrupts import handle_stops as install
+    from .ssh.interrupts import handle_stops as install
 
     install()
 
 
 def load_fleet(config, hosts):
-    """The validated config and the hosts `hosts` selects from it."""
-    from .config import load_for_targets, select_hosts
+    """The validated fleet config (`hosts` may name targets outside it: user@host[:port])."""
+    from .core.config import load_for_targets
 
-    fleet = load_for_targets(config, hosts)
-    return fleet, select_hosts(fleet, hosts)
+    return load_for_targets(config, hosts)
+
+
+def run_context(c, fleet, entries, parallel):
+    """The verb's `RunContext`: the fleet, the hosts it acts on, ``--parallel``, Fabric's config."""
+    from .core.context import RunContext, to_stderr
+
+    return RunContext(fleet, entries, parallel_option(parallel), c.config, to_stderr)
+
+
+def fleet_run(c, config, hosts, parallel):
+    """The `RunContext` of a verb over the hosts ``--hosts`` selects (all when not given)."""
+    from .core.config import select_hosts
+
+    fleet = load_fleet(config, hosts)
+    return run_context(c, fleet, select_hosts(fleet, hosts), parallel)
 
 
 def finish(report, as_json, render):
     """Print `report` as JSON or through `render`, then exit 0 or 1 from its hosts."""
-    from .report import emit
+    from .core.report import emit
 
     emit(report.to_json() if as_json else render(report))
     if report.exit_code:
@@ -61,9 +76,9 @@ def warn(message):
     print(f"picoclaw-fleet: {message}", file=sys.stderr, flush=True)
 
 
-def warn_if_insecure(fleet):
+def warn_if_insecure(run):
     """Say so when host key checking is switched off."""
-    if fleet.defaults.host_key_policy == "off":
+    if run.defaults.host_key_policy == "off":
         warn("host_key_policy is 'off': host keys are not checked (insecure)")
 
 
@@ -92,7 +107,7 @@ MAX_PARALLEL = 1024
 
 def parallel_option(value):
     """``--parallel`` as a positive int (None when not given); `UsageError` otherwise."""
-    from .errors import UsageError
+    from .core.errors import UsageError
 
     if value is None:
         return None
@@ -107,11 +122,11 @@ def status(c, hosts=None, config=None, parallel=None, json=False):
     """Report each host: reachable, arch, PicoClaw version, model, key, sandbox, load, latency."""
     handle_stops()
     with usage_errors():
-        fleet, entries = load_fleet(config, hosts)
-        from .facts import fleet_status, render_status
+        from .verbs.status import fleet_status, render_status
 
-        warn_if_insecure(fleet)
-        report = fleet_status(fleet, entries, parallel_option(parallel), c.config)
+        run = fleet_run(c, config, hosts, parallel)
+        warn_if_insecure(run)
+        report = fleet_status(run)
     finish(report, json, render_status)
 
 
@@ -128,9 +143,9 @@ def status(c, hosts=None, config=None, parallel=None, json=False):
 def init(c, config=None, force=False, from_ssh_config=False, host=None):
     """Write the template config, or add hosts to the config (validated before it is saved)."""
     with usage_errors():
-        from .connections import fabric_config
-        from .init_config import init_fleet_config
-        from .report import emit
+        from .ssh.connections import fabric_config
+        from .verbs.init import init_fleet_config
+        from .core.report import emit
 
         ssh_source = fabric_config(c.config) if from_ssh_config else None
         emit(init_fleet_config(config, force, host or (), ssh_source, warn))
@@ -151,12 +166,11 @@ def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, 
     """Install PicoClaw on the hosts: binary, onboard, its model and API key (~/.picoclaw), .env."""
     handle_stops()
     with usage_errors():
-        fleet, entries = load_fleet(config, hosts)
-        from .deployment import deploy_fleet, render_deploy
+        from .verbs.deploy import deploy_fleet, render_deploy
 
-        warn_if_insecure(fleet)
-        report = deploy_fleet(fleet, entries, version, from_file, force, parallel_option(parallel), c.config,
-                              allow_unverified=allow_unverified)
+        run = fleet_run(c, config, hosts, parallel)
+        warn_if_insecure(run)
+        report = deploy_fleet(run, version, from_file, force, allow_unverified)
     finish(report, json, render_deploy)
 
 
@@ -172,12 +186,12 @@ def teardown(c, hosts=None, config=None, parallel=None, json=False, purge=False,
     """Remove PicoClaw (~/.local/bin/picoclaw and ~/.picoclaw/.env) from the hosts."""
     handle_stops()
     with usage_errors():
-        fleet, entries = load_fleet(config, hosts)
-        from .removal import confirm_teardown, render_teardown, teardown_fleet
+        from .verbs.teardown import confirm_teardown, render_teardown, teardown_fleet
 
-        warn_if_insecure(fleet)
-        confirm_teardown(fleet, entries, hosts, yes)
-        report = teardown_fleet(fleet, entries, purge, parallel_option(parallel), c.config)
+        run = fleet_run(c, config, hosts, parallel)
+        warn_if_insecure(run)
+        confirm_teardown(run.fleet, run.entries, hosts, yes)
+        report = teardown_fleet(run, purge)
     finish(report, json, render_teardown)
 
 
@@ -206,17 +220,17 @@ def dispatch(c, task=None, host=None, all=False, hosts=None, timeout=None, fold=
     """Run one PicoClaw task on the least loaded host, a named one, or (--all/--hosts) on many."""
     handle_stops()
     with usage_errors():
-        from .agent_command import AgentOptions, session_name
-        from .config import load_for_targets
-        from .dispatcher import dispatch as dispatch_task, dispatch_targets
+        from .core.tasks import session_name
+        from .host.agent import AgentOptions
+        from .verbs.answers import render_blocks, show_inline
+        from .verbs.dispatch import dispatch as dispatch_task, dispatch_targets
 
         options = AgentOptions(session_name(session) if session is not None else None, unrestricted, raw)
-        fleet = load_for_targets(config, host or hosts)
+        fleet = load_fleet(config, host or hosts)
         targets = dispatch_targets(fleet, host, hosts, all)
-        warn_if_insecure(fleet)
-        report = dispatch_task(fleet, targets, task, timeout, deploy, ephemeral, parallel_option(parallel),
-                               c.config, warn, options)
-    from .output import render_blocks, show_inline
+        run = run_context(c, fleet, targets.entries, parallel)
+        warn_if_insecure(run)
+        report = dispatch_task(run, targets.mode, task, timeout, deploy, ephemeral, options)
 
     if json or targets.mode == "broadcast":
         return finish(report, json, lambda r: render_blocks(r, fold, raw))
@@ -249,18 +263,18 @@ def batch(c, task=None, tasks_file=None, hosts=None, timeout=None, retries=None,
     """Run a queue of PicoClaw tasks over the hosts' free slots (max_tasks each); one result per task."""
     handle_stops()
     with usage_errors():
-        from .batch_output import ProgressPrinter, render_batch, summary_text
-        from .batch_queue import batch_settings, run_batch
-        from .batch_tasks import read_tasks
-        from .errors import UsageError
+        from .core.errors import UsageError
+        from .core.tasks import read_tasks
+        from .verbs.batch import batch_settings, run_batch
+        from .verbs.batch_report import ProgressPrinter, render_batch, summary_text
 
         if json and jsonl:
             raise UsageError("give --json or --jsonl, not both")
-        fleet, entries = load_fleet(config, hosts)
+        run = fleet_run(c, config, hosts, parallel)
         tasks = read_tasks(tasks_file, task)
-        settings = batch_settings(fleet, timeout, retries, retry_lost, parallel_option(parallel), unrestricted)
-        warn_if_insecure(fleet)
-        report = run_batch(fleet, entries, tasks, settings, c.config, ProgressPrinter(jsonl))
+        settings = batch_settings(run, timeout, retries, retry_lost, unrestricted)
+        warn_if_insecure(run)
+        report = run_batch(run, tasks, settings, ProgressPrinter(jsonl))
     if not jsonl:
         return finish(report, json, lambda r: render_batch(r, raw))
     warn(summary_text(report))

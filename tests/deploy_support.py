@@ -11,8 +11,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from fabfile.config import Defaults, HostEntry
-from fabfile.connections import HostKeyStore, build_connection, fabric_config
+from fabfile.core.config import Defaults, HostEntry
+from fabfile.ssh.connections import HostKeyStore, build_connection, fabric_config
 from tests import testbed as tb
 from tests.testbed import FAB, REPO
 

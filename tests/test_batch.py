@@ -15,9 +15,9 @@ import subprocess
 
 import pytest
 
-from fabfile.batch_tasks import check_pins, read_tasks
-from fabfile.config import HostEntry
-from fabfile.errors import UsageError
+from fabfile.core.tasks import check_pins, read_tasks
+from fabfile.core.config import HostEntry
+from fabfile.core.errors import UsageError
 from tests.batch_support import (
     FAB, REPO, RUN_LIMIT_S, agent_processes, batch, batch_json, interrupt, jsonl_file, no_task_left_running,
     running_tasks, set_max_tasks, start_batch, wait_until,

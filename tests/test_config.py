@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from fabfile import config as fleet_config_module
-from fabfile.config import TEMPLATE, config_path, load_config, select_hosts
-from fabfile.errors import UsageError
+from fabfile.core import config as fleet_config_module
+from fabfile.core.config import TEMPLATE, config_path, load_config, select_hosts
+from fabfile.core.errors import UsageError
 from tests.testbed import FAB, REPO
 
 
@@ -258,7 +258,7 @@ def test_cli_unknown_host_is_exit_2(tmp_path, guarded_env):
 
 
 def test_model_defaults_to_the_providers_picoclaw_default(tmp_path):
-    from fabfile.config import model_choice
+    from fabfile.core.config import model_choice
 
     fleet = load_config(str(write_json(tmp_path / "fleet.json", minimal())))
     choice = model_choice(fleet.defaults, fleet.hosts[0])
@@ -269,7 +269,7 @@ def test_model_defaults_to_the_providers_picoclaw_default(tmp_path):
 
 
 def test_host_overrides_model_api_base_and_sandbox(tmp_path):
-    from fabfile.config import model_choice
+    from fabfile.core.config import model_choice
 
     hosts = [{"name": "pi-1", "host": "127.0.0.1", "user": "pi"},
              {"name": "lan", "host": "127.0.0.1", "user": "pi", "model": "qwen3-local",
@@ -283,7 +283,7 @@ def test_host_overrides_model_api_base_and_sandbox(tmp_path):
 
 
 def test_unknown_provider_without_model_is_a_usage_error(tmp_path):
-    from fabfile.config import model_choice
+    from fabfile.core.config import model_choice
 
     fleet = load_config(str(write_json(tmp_path / "fleet.json", minimal(provider="acme"))))
     with pytest.raises(UsageError, match="set defaults.model"):
@@ -467,14 +467,14 @@ def test_schema_documents_every_cap():
     ],
 )
 def test_parse_target(target, user, host, port):
-    from fabfile.config import parse_target
+    from fabfile.core.config import parse_target
 
     entry = parse_target(target)
     assert (entry.user, entry.host, entry.port, entry.name) == (user, host, port, host)
 
 
 def test_ipv6_address_is_shown_in_brackets():
-    from fabfile.config import parse_target
+    from fabfile.core.config import parse_target
 
     assert parse_target("u@[::1]:22").address == "u@[::1]:22"
     assert parse_target("u@::1").address == "u@[::1]"
@@ -503,7 +503,7 @@ def test_ipv6_address_is_shown_in_brackets():
     ],
 )
 def test_bad_targets(target, complaint):
-    from fabfile.config import parse_target
+    from fabfile.core.config import parse_target
 
     with pytest.raises(UsageError) as caught:
         parse_target(target)

@@ -22,9 +22,10 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from fabfile.config import load_config
-from fabfile.fanout import fan_out
-from fabfile.facts import status_report
+from fabfile.core.config import load_config
+from fabfile.ssh.fanout import fan_out
+from fabfile.core.context import RunContext
+from fabfile.verbs.status import status_report
 from tests.readonly_support import run_with_read_only
 from tests.testbed import FAB, REPO
 
@@ -223,7 +224,7 @@ def test_paramiko_logs_nothing_through_the_root_logger(listener, fleet_config, t
     try:
         extra = [fault_host(testbed, sim_hosts[0], "garbage", listener(garbage_then_close).port)]
         fleet = load_config(str(fleet_config(hosts=[], extra_hosts=extra, connect_timeout=2)))
-        [report] = fan_out(fleet.hosts, status_report, fleet.defaults).reports
+        [report] = fan_out(RunContext(fleet, fleet.hosts), status_report).reports
     finally:
         root.removeHandler(handler)
     assert report.status == "unreachable"
@@ -325,7 +326,7 @@ def test_an_sshd_frozen_after_the_handshake_ends_the_status_probe_named(
             frozen_pids.extend(frozen_sshd.freeze(sim_hosts[2]))
         return status_report(cxn, entry)
 
-    reports = {r.name: r for r in fan_out(fleet.hosts, work, fleet.defaults).reports}
+    reports = {r.name: r for r in fan_out(RunContext(fleet, fleet.hosts), work).reports}
     assert len(frozen_pids) >= 3, "the listener and its per-connection processes were frozen"
     assert reports["frozen"].status == "unreachable"
     assert reports["frozen"].message  # which step stalled depends on the probe; that it is named does not
@@ -344,7 +345,7 @@ def test_opening_a_session_on_a_frozen_sshd_is_named(testbed, sim_hosts, fleet_c
         cxn.run("true", hide=True, in_stream=False)
         raise AssertionError("the frozen sshd ran a command")
 
-    [report] = fan_out(fleet.hosts, work, fleet.defaults).reports
+    [report] = fan_out(RunContext(fleet, fleet.hosts), work).reports
     assert (report.status, report.message) == ("unreachable", "session not opened within 2s")
 
 

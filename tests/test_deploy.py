@@ -13,11 +13,12 @@ import time
 
 import pytest
 
-from fabfile.config import Defaults, FleetConfig, HostEntry
-from fabfile.fanout import fan_out
-from fabfile.deployment import deploy_host, deploy_plan
-from fabfile.errors import UsageError
-from fabfile.release import extract_binary
+from fabfile.core.context import RunContext
+from fabfile.core.config import Defaults, FleetConfig, HostEntry
+from fabfile.ssh.fanout import fan_out
+from fabfile.host.install import deploy_host, deploy_plan
+from fabfile.core.errors import UsageError
+from fabfile.host.release import extract_binary
 from tests.deploy_support import (
     API_KEY,
     FAB,
@@ -55,7 +56,7 @@ def run_installed(testbed, host, args="version"):
 
 def installed_version(testbed, host):
     """What the installed binary says its version is (the line after its banner)."""
-    from fabfile.facts import parse_version
+    from fabfile.host.facts import parse_version
 
     return parse_version(run_installed(testbed, host).stdout)
 
@@ -550,10 +551,10 @@ def test_deploy_host_through_fan_out_with_a_shared_plan(testbed, server):
     entries = [HostEntry(h.name, h.address, h.user, h.port, ssh_key=str(testbed.client_key)) for h in hosts]
     fleet = FleetConfig(path=None, hosts=entries, defaults=defaults)
     plan = deploy_plan(fleet, environ={"ANTHROPIC_API_KEY": API_KEY, "XDG_CACHE_HOME": str(testbed.workdir / "dp-cache")})
-    reports = fan_out(entries, lambda cxn, entry: deploy_host(cxn, entry, plan), defaults).reports
+    reports = fan_out(RunContext(fleet, entries), lambda cxn, entry: deploy_host(cxn, entry, plan)).reports
     assert [r.status for r in reports] == ["ok", "ok"]
-    assert [r.details["binary"] for r in reports] == ["installed", "installed"]
-    assert plan.uploaded.total == sum(r.details["uploaded_bytes"] for r in reports)  # binary, .env, config files
+    assert [r.details.binary for r in reports] == ["installed", "installed"]
+    assert plan.uploaded.total == sum(r.details.uploaded_bytes for r in reports)  # binary, .env, config files
 
 
 # ---- the model and the key, merged into PicoClaw's own files ----------------------------------------

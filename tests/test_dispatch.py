@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from fabfile import agent_command
-from fabfile.agent_command import MAX_TASK_BYTES, agent_command as remote_command, run_agent, task_bytes
+from fabfile.host import agent as agent_command
+from fabfile.core.tasks import MAX_TASK_BYTES, task_bytes
+from fabfile.host.agent import agent_command as remote_command, run_agent
 from tests.deploy_support import (
     API_KEY, FAB, RELEASE_REPO, connect, env_file, fab, fab_json, installed_binary, set_path,
 )

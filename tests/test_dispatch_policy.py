@@ -8,20 +8,22 @@ produce on demand.
 
 import pytest
 
-from fabfile.agent_command import (
+from fabfile.host.agent import (
+    AgentResult,
     KILLED_EXIT,
-    MAX_TASK_BYTES,
     NOT_INSTALLED_EXIT,
     NOT_INSTALLED_MARKER,
     agent_command,
     agent_status,
-    task_bytes,
 )
-from fabfile.config import FleetConfig, HostEntry
-from fabfile.dispatcher import check_timeout, choose_worker, dispatch_targets
-from fabfile.errors import UsageError
-from fabfile.output import answer_groups, render_blocks
-from fabfile.report import FleetReport, HostReport
+from fabfile.core.tasks import MAX_TASK_BYTES, check_timeout, task_bytes
+from fabfile.core.config import FleetConfig, HostEntry
+from fabfile.core.policy import choose_worker
+from fabfile.host.facts import HostFacts
+from fabfile.verbs.dispatch import dispatch_targets
+from fabfile.core.errors import UsageError
+from fabfile.verbs.answers import answer_groups, render_blocks
+from fabfile.core.report import FleetReport, HostReport
 
 # --- the task text -----------------------------------------------------------------------------
 
@@ -96,8 +98,10 @@ def entries(n):
 
 
 def probe(entry, load1=0.0, ncpu=4, version="0.1.0", status="ok"):
-    details = {"version": version, "load1": load1, "ncpu": ncpu} if status == "ok" else {}
-    return HostReport(entry.name, entry.address, status, 0.1, details=details)
+    """What the status probe found on `entry`: its `HostFacts`, None when it was not reachable."""
+    if status != "ok":
+        return None
+    return HostFacts(arch="amd64", machine="x86_64", version=version, load1=load1, ncpu=ncpu, env_present=True)
 
 
 def test_least_loaded_per_cpu_wins():
@@ -131,7 +135,7 @@ def test_hosts_without_picoclaw_or_unreachable_are_skipped():
     hosts = entries(4)
     probes = [
         probe(hosts[0], status="unreachable"),
-        probe(hosts[1], 0.0, version="not-installed"),
+        probe(hosts[1], 0.0, version=None),
         probe(hosts[2], 3.0),
         probe(hosts[3], 2.0),
     ]
@@ -144,8 +148,8 @@ def test_no_picoclaw_anywhere_picks_the_least_loaded_reachable_host_to_deploy_to
     hosts = entries(3)
     probes = [
         probe(hosts[0], status="unreachable"),
-        probe(hosts[1], 2.0, version="not-installed"),
-        probe(hosts[2], 1.0, version="not-installed"),
+        probe(hosts[1], 2.0, version=None),
+        probe(hosts[2], 1.0, version=None),
     ]
     chosen = choose_worker(hosts, probes)
     assert (chosen.entry.name, chosen.installed) == ("pi2", False)
@@ -198,8 +202,8 @@ def test_targets_refused(fleet, kwargs, complaint):
 def answer(name, status="ok", text="42", stderr="", message="", duration=0.2):
     """A host's dispatch report whose PicoClaw answered `text` (its raw stdout: banner, then the answer)."""
     stdout = f"\r\n##\n \r\n\n\U0001f99e {text}\n" if text else ""
-    details = {"answer": text, "stdout": stdout, "stderr": stderr, "exit_code": 0 if status == "ok" else 1}
-    return HostReport(name, f"u@{name}", status, duration, message, details)
+    result = AgentResult(stdout, stderr, 0 if status == "ok" else 1, status, message, duration, answer=text)
+    return HostReport(name, f"u@{name}", status, duration, message, result)
 
 
 def test_identical_answers_fold_into_one_block_in_first_seen_order():

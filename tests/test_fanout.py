@@ -2,9 +2,10 @@
 
 import threading
 
-from fabfile.config import load_config
-from fabfile.fanout import fan_out
-from fabfile.report import HostReport
+from fabfile.core.context import RunContext
+from fabfile.core.config import load_config
+from fabfile.ssh.fanout import fan_out
+from fabfile.core.report import HostReport
 
 
 def test_two_entries_sharing_an_address_each_run_and_report(testbed, sim_hosts, fleet_config):
@@ -21,7 +22,7 @@ def test_two_entries_sharing_an_address_each_run_and_report(testbed, sim_hosts, 
         cxn.run("true", hide=True, in_stream=False)
         return HostReport(entry.name, entry.address, "ok", 0.0)
 
-    done = fan_out(fleet.hosts, work, fleet.defaults)
+    done = fan_out(RunContext(fleet, fleet.hosts), work)
     assert [r.name for r in done.reports] == [host.name, "same-board-again"]
     assert [r.status for r in done.reports] == ["ok", "ok"] and not done.interrupted
     assert sorted(seen) == sorted([host.name, "same-board-again"])
@@ -36,7 +37,7 @@ def test_work_that_raises_is_a_failed_report_not_a_crash(sim_hosts, fleet_config
             raise ValueError("broken verb")
         return HostReport(entry.name, entry.address, "ok", 0.0)
 
-    done = fan_out(fleet.hosts, work, fleet.defaults)
+    done = fan_out(RunContext(fleet, fleet.hosts), work)
     assert [r.status for r in done.reports] == ["ok", "failed"]
     assert "broken verb" in done.reports[1].message
 
@@ -57,7 +58,7 @@ def test_at_most_parallel_hosts_at_once(testbed, fleet_config):
             with lock:
                 running[0] -= 1
 
-    assert [r.status for r in fan_out(fleet.hosts, work, fleet.defaults, parallel=2).reports] == ["ok"] * 6
+    assert [r.status for r in fan_out(RunContext(fleet, fleet.hosts, parallel=2), work).reports] == ["ok"] * 6
     assert peak[0] == 2
 
 
@@ -67,16 +68,16 @@ def test_connections_are_built_in_the_calling_thread_only(sim_hosts, fleet_confi
     Built from the workers, a full `make bench` saw hosts fail with invoke's
     "No attribute or config key found for 'timeouts'" while another thread merged the config.
     """
-    import fabfile.fanout as fanout_module
+    import fabfile.ssh.connections as connections_module
 
     fleet = load_config(str(fleet_config(hosts=sim_hosts)))
-    builders, real = [], fanout_module.build_connection
+    builders, real = [], connections_module.build_connection
 
     def recording(*args, **kwargs):
         builders.append(threading.current_thread())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fanout_module, "build_connection", recording)
-    done = fan_out(fleet.hosts, lambda cxn, entry: HostReport(entry.name, entry.address, "ok", 0.0), fleet.defaults)
+    monkeypatch.setattr(connections_module, "build_connection", recording)
+    done = fan_out(RunContext(fleet, fleet.hosts), lambda cxn, entry: HostReport(entry.name, entry.address, "ok", 0.0))
     assert [r.status for r in done.reports] == ["ok"] * len(sim_hosts)
     assert builders == [threading.current_thread()] * len(sim_hosts)

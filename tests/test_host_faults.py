@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from fabfile import remote_files
-from fabfile.agent_command import CAPTURE_BYTES, run_agent, task_bytes
-from fabfile.deadlines import HostStalled
-from fabfile.facts import probe_host
+from fabfile.host import remote_files
+from fabfile.core.tasks import task_bytes
+from fabfile.host.agent import CAPTURE_BYTES, run_agent
+from fabfile.ssh.deadlines import HostStalled
+from fabfile.host.facts import probe_host
 from tests.deploy_support import API_KEY, connect, fab_json, set_machine
 from tests.testbed import build_standin
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fabfile.config import TEMPLATE, load_config
+from fabfile.core.config import TEMPLATE, load_config
 from tests.testbed import FAB, REPO
 
 

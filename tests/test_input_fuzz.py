@@ -35,11 +35,11 @@ from hypothesis.configuration import set_hypothesis_home_dir
 # Hypothesis keeps caches (unicode tables, constants) in ./.hypothesis: keep them out of the repository.
 set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "pcf-hypothesis"))
 
-from fabfile import batch_tasks
-from fabfile.batch_tasks import MAX_LINE_BYTES, MAX_TASKS, read_tasks
+from fabfile.core import tasks as batch_tasks
+from fabfile.core.tasks import MAX_LINE_BYTES, MAX_TASKS, read_tasks
 from fabfile.cli import make_program
-from fabfile.connections import FleetConnection
-from fabfile.errors import UsageError
+from fabfile.ssh.connections import FleetConnection
+from fabfile.core.errors import UsageError
 from tests.testbed import FAB, REPO
 
 FUZZ = settings(max_examples=200, deadline=None, database=None,

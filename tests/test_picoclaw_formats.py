@@ -12,11 +12,11 @@ import subprocess
 import pytest
 import yaml
 
-from fabfile.agent_command import LOG_MARKER, AgentOptions, agent_command, session_files, split_answer, split_log
-from fabfile.config import ModelChoice
-from fabfile.errors import UsageError
-from fabfile.facts import SECURITY_MASK, normalize_arch, parse_probe, parse_version, worker_config
-from fabfile.provisioning import ProvisioningError, with_key, with_model
+from fabfile.host.agent import LOG_MARKER, AgentOptions, agent_command, session_files, split_answer, split_log
+from fabfile.core.config import ModelChoice
+from fabfile.core.errors import UsageError
+from fabfile.host.facts import SECURITY_MASK, normalize_arch, parse_probe, parse_version, worker_config
+from fabfile.host.provisioning import ProvisioningError, with_key, with_model
 
 BOX = "██████╗ ██╗ ██████╗\n██╔══██╗██║██╔════╝\n╚═╝     ╚═╝ ╚═════╝\n"
 PLAIN_BANNER = "\r\n" + BOX + " \r\n"
@@ -176,7 +176,7 @@ def test_each_task_gets_its_own_session_and_removes_it():
 
 @pytest.mark.parametrize("name", ["main", "MAIN", "pcf-1234", "a b", "x:y", "", "a" * 65, "../etc"])
 def test_bad_session_names_are_refused(name):
-    from fabfile.agent_command import session_name
+    from fabfile.core.tasks import session_name
 
     with pytest.raises(UsageError):
         session_name(name)

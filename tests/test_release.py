@@ -1,4 +1,4 @@
-"""Release resolution, asset choice, checksums and the download cache (fabfile/release.py).
+"""Release resolution, asset choice, checksums and the download cache (fabfile/host/release.py).
 
 Everything network-shaped runs against tests/release_server.py, a real HTTP
 server on 127.0.0.1 playing GitHub's API.
@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from fabfile.errors import UsageError
-from fabfile.release import (
+from fabfile.core.errors import UsageError
+from fabfile.host.release import (
     CHECKSUMS_NAME,
     UNVERIFIED_REFUSED,
     Asset,

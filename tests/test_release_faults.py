@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from fabfile import release
-from fabfile.release import (
+from fabfile.host import release
+from fabfile.host.release import (
     AssetProblem,
     DownloadCache,
     ReleaseBinaries,
@@ -320,7 +320,7 @@ def stored_gzip_tar(members):
 
 MEASURE = """
 import json, resource, sys
-from fabfile.release import DownloadCache, ReleaseBinaries, github_session, resolve_release
+from fabfile.host.release import DownloadCache, ReleaseBinaries, github_session, resolve_release
 url, root = sys.argv[1], sys.argv[2]
 session = github_session()
 found = resolve_release(url, "sipeed/picoclaw", None, None, session)

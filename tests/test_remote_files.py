@@ -1,4 +1,4 @@
-"""fabfile/remote_files.py against real sim hosts: SFTP reads and writes, atomic replace, removal."""
+"""fabfile/host/remote_files.py against real sim hosts: SFTP reads and writes, atomic replace, removal."""
 
 import hashlib
 import stat
@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from fabfile import remote_files
-from fabfile.remote_files import RemoteFileError
+from fabfile.host import remote_files
+from fabfile.host.remote_files import RemoteFileError
 from tests.deploy_support import connect, set_path
 
 

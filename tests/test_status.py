@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from fabfile.config import load_config
-from fabfile.facts import PROBE_COMMAND, fleet_status, parse_probe, parse_version
+from fabfile.core.config import load_config
+from fabfile.core.context import RunContext
+from fabfile.core.policy import load_per_cpu
+from fabfile.host.facts import PROBE_COMMAND, parse_probe, parse_version
+from fabfile.verbs.status import fleet_status
 from tests.testbed import FAB, REPO, RotatingKeySshd
 
 
@@ -45,14 +48,14 @@ def test_parse_probe_maps_arch_and_version():
         "version=🦞 picoclaw v0.1.2 (git abc)\nenv=yes\n"
     )
     assert (facts.arch, facts.version, facts.load1, facts.ncpu, facts.env_present) == ("arm64", "0.1.2", 0.5, 4, True)
-    assert facts.load_per_cpu == pytest.approx(0.125)
+    assert load_per_cpu(facts.load1, facts.ncpu) == pytest.approx(0.125)
 
 
 def test_parse_probe_not_installed_and_unknown_values():
     facts = parse_probe("arch=mips\nloadavg=\nncpu=\nversion_rc=127\nenv=no\n")
     assert facts.arch is None and facts.machine == "mips"
     assert facts.version is None and not facts.installed
-    assert facts.load_per_cpu is None
+    assert load_per_cpu(facts.load1, facts.ncpu) is None
 
 
 @pytest.mark.parametrize(
@@ -106,7 +109,7 @@ def test_status_runs_one_command_per_host(testbed, status_hosts, fleet_config):
     host = status_hosts[2]
     before = len(testbed.command_log(host))
     fleet = load_config(str(fleet_config(hosts=[host])))
-    report = fleet_status(fleet, fleet.hosts)
+    report = fleet_status(RunContext(fleet, fleet.hosts))
     assert report.hosts[0].ok
     assert testbed.command_log(host)[before:] == [PROBE_COMMAND]
 

@@ -6,9 +6,10 @@ import subprocess
 
 import pytest
 
-from fabfile.config import Defaults, HostEntry
-from fabfile.fanout import fan_out
-from fabfile.removal import teardown_host
+from fabfile.core.context import RunContext
+from fabfile.core.config import Defaults, FleetConfig, HostEntry
+from fabfile.ssh.fanout import fan_out
+from fabfile.host.removal import teardown_host
 from tests.deploy_support import FAB, REPO, env_file, fab, fab_json, installed_binary
 
 
@@ -152,6 +153,7 @@ def test_teardown_host_contract_for_other_verbs(testbed):
     install(testbed, host)
     defaults = Defaults(known_hosts=str(testbed.known_hosts))
     entry = HostEntry(host.name, host.address, host.user, host.port, ssh_key=str(testbed.client_key))
-    (report,) = fan_out([entry], lambda cxn, e: teardown_host(cxn, e, purge=False), defaults).reports
-    assert report.ok and report.details == {"binary": "removed", "env": "removed", "picoclaw_dir": "kept"}
+    run = RunContext(FleetConfig(path=None, hosts=[entry], defaults=defaults), [entry])
+    (report,) = fan_out(run, lambda cxn, e: teardown_host(cxn, e, purge=False)).reports
+    assert report.ok and report.details.to_dict() == {"binary": "removed", "env": "removed", "picoclaw_dir": "kept"}
     assert (host.home / ".picoclaw/config.json").exists()

@@ -20,9 +20,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .connections import HostKeyStore, build_connection, close_quietly, failure_report, fabric_config
-from .errors import UsageError
-from .report import HostReport
+from ..core.report import HostReport
+from ..core.status import Status
+from .connections import close_quietly, failure_report, open_fleet
 
 #: How long a stopped host's work may take to return what it had.
 STOP_GRACE_S = 12
@@ -36,40 +36,35 @@ class FanOut:
     interrupted: bool = False
 
 
-def fan_out(entries, work, defaults, parallel=None, base_config=None, config_hosts=(), stop=None):
-    """Run ``work(connection, entry) -> HostReport`` on every entry; a `FanOut`.
+def fan_out(run, work, stop=None):
+    """Run ``work(connection, entry) -> HostReport`` on every entry of `run` (a `RunContext`); a `FanOut`.
 
-    Each entry gets a connection of its own, never shared, closed when its
-    work ends. They are all built here, in this thread, before any worker
-    starts: building one reads (and, for its deadlines, writes) the shared
-    Fabric config, which is not safe to do from several threads at once. A
-    connection is only an object until its work opens it.
+    At most ``run.bound`` hosts at once. Each entry gets a connection of its
+    own (`connections.open_fleet`), never shared, closed when its work ends.
     """
-    run = _Run(list(entries), work, defaults, base_config, config_hosts, stop or close_quietly)
-    workers = [threading.Thread(target=run.worker, daemon=True, name=f"fan-out-{i}")
-               for i in range(min(max(1, int(parallel or defaults.parallel)), max(1, len(run.entries))))]
+    state = _Run(run, work, stop or close_quietly)
+    workers = [threading.Thread(target=state.worker, daemon=True, name=f"fan-out-{i}")
+               for i in range(min(run.bound, max(1, len(state.entries))))]
     for worker in workers:
         worker.start()
     try:
-        run.wait()
+        state.wait()
     except KeyboardInterrupt:
-        run.stop_all()
-        return FanOut(run.final_reports(), interrupted=True)
-    return FanOut(run.final_reports())
+        state.stop_all()
+        return FanOut(state.final_reports(), interrupted=True)
+    return FanOut(state.final_reports())
 
 
 class _Run:
     """The shared state of one fan-out: who is next, who is running, what came back."""
 
-    def __init__(self, entries, work, defaults, base_config, config_hosts, stop):
-        self.entries, self.work, self.defaults, self.stop = entries, work, defaults, stop
-        keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
-        config = fabric_config(base_config)
-        self.connections = [self.build(entry, keys, config, config_hosts) for entry in entries]
+    def __init__(self, run, work, stop):
+        self.entries, self.work, self.defaults, self.stop = list(run.entries), work, run.defaults, stop
+        self.connections = open_fleet(run)
         self.lock = threading.Condition()
         self.next = 0
         self.running = {}  # position -> (connection, started)
-        self.reports = [None] * len(entries)
+        self.reports = [None] * len(self.entries)
         self.stopping = False
         self.stopped = set()  # positions that were running when the stop came
         self.finished = 0
@@ -86,15 +81,6 @@ class _Run:
                 self.running.pop(position, None)
                 self.finished += 1
                 self.lock.notify_all()
-
-    def build(self, entry, keys, config, config_hosts):
-        """The entry's connection, or the exception building it raised (its report, later)."""
-        try:
-            return build_connection(entry, self.defaults, keys, config, config_hosts)
-        except UsageError:
-            raise  # the config is wrong (a gateway that names nothing...): exit 2, no host contacted
-        except Exception as exc:  # a host's failure is its report, never the run's crash
-            return exc
 
     def one(self, position):
         """The report of one entry: its work's, or its failure as a value."""
@@ -141,7 +127,7 @@ class _Run:
             if position in self.stopped:
                 report = interrupted(entry, report, self.running.get(position))
             elif report is None:
-                report = HostReport(entry.name, entry.address, "not-run", 0.0, "stopped before it started")
+                report = HostReport(entry.name, entry.address, Status.NOT_RUN, 0.0, "stopped before it started")
             reports.append(report)
         return reports
 
@@ -150,8 +136,8 @@ def interrupted(entry, report, still_running):
     """The report of a host whose work was stopped: what it had, marked ``interrupted``."""
     if report is None or still_running is not None:
         started = still_running[1] if still_running else time.monotonic()
-        return HostReport(entry.name, entry.address, "interrupted", time.monotonic() - started,
+        return HostReport(entry.name, entry.address, Status.INTERRUPTED, time.monotonic() - started,
                           "stopped; could not confirm that its work ended on the host")
-    report.status = "interrupted"
+    report.status = Status.INTERRUPTED
     report.message = "stopped while it ran"
     return report

@@ -1,9 +1,11 @@
 """Per-host results and how they are shown: a table or blocks for people, JSON for agents.
 
-Every verb returns a `FleetReport` of `HostReport`s. ``status`` is ``ok`` or
-the name of what went wrong; what the verb learned or did (stdout, version,
-``binary: installed``...) lives in ``details`` and is flattened into the
-host's JSON object.
+Every verb returns a `FleetReport` of `HostReport`s, failures included, as
+Fabric's `GroupResult` holds a result or an exception per host. ``status``
+is a `Status`; what the verb learned or did lives in ``details``, an object
+of the verb's own type (`verbs.status.StatusDetails`, `host.install.
+InstallOutcome`, `host.removal.RemovalOutcome`, `host.agent.AgentResult`...)
+whose ``to_dict()`` is flattened into the host's JSON object.
 """
 
 import json
@@ -11,7 +13,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
-OK = "ok"
+from .status import Status
 
 
 @dataclass
@@ -20,27 +22,28 @@ class HostReport:
 
     name: str
     address: str
-    status: str
+    status: Status
     duration_s: float
     message: str = ""
-    details: dict = field(default_factory=dict)
+    details: object = None
 
     @property
     def ok(self):
         """True when the host did what was asked."""
-        return self.status == OK
+        return self.status == Status.OK
 
     def to_dict(self):
         """The host's JSON object: fixed fields first, then the verb's details."""
         data = {
             "name": self.name,
             "address": self.address,
-            "status": self.status,
+            "status": str(self.status),
             "duration_s": round(self.duration_s, 3),
         }
         if self.message:
             data["message"] = self.message
-        data.update(self.details)
+        if self.details is not None:
+            data.update(self.details.to_dict())
         return data
 
 
@@ -56,7 +59,7 @@ class FleetReport:
     @property
     def summary(self):
         """``{status: count}`` over the hosts."""
-        return dict(Counter(h.status for h in self.hosts))
+        return dict(Counter(str(h.status) for h in self.hosts))
 
     @property
     def exit_code(self):

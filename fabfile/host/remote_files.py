@@ -22,7 +22,7 @@ import shlex
 import stat
 from contextlib import contextmanager
 
-from .deadlines import deadline, step_seconds
+from ..ssh.deadlines import deadline, step_seconds
 
 #: How much an upload writes per SFTP request (paramiko pipelines them).
 CHUNK = 32768

@@ -11,21 +11,11 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from .deadlines import deadline, step_seconds
+import yaml
 
-from .report import HostReport
+from ..ssh.deadlines import deadline, step_seconds
+from .paths import BINARY_PATH, CONFIG_FILE, ENV_FILE, SECURITY_FILE, bounded
 
-#: Where deploy installs PicoClaw and PicoClaw keeps its files, relative to the
-#: remote user's home. PicoClaw reads its model choice from CONFIG_FILE and the
-#: model's API key from SECURITY_FILE; ENV_FILE is the seed's contract, read by
-#: nothing of ours (see README, deploy).
-BINARY_PATH = ".local/bin/picoclaw"
-PICOCLAW_DIR = ".picoclaw"
-ENV_FILE = ".picoclaw/.env"
-CONFIG_FILE = ".picoclaw/config.json"
-SECURITY_FILE = ".picoclaw/.security.yml"
-#: PicoClaw's session files (``<key with : as _>.jsonl`` and ``.meta.json``) in its default workspace.
-SESSIONS_DIR = ".picoclaw/workspace/sessions"
 
 #: ``uname -m`` -> the arch names of PicoClaw's Linux release archives (Go's,
 #: but ``amd64`` for x86_64). 32-bit MIPS is decided by byte order (`normalize_arch`).
@@ -66,6 +56,10 @@ SECURITY_MASK = "\n".join([
     "d",
 ])
 
+#: How long ``picoclaw version`` may take on the host (the probe's own deadline allows for it).
+PROBE_VERSION_S = 10
+#: ``"$bin" version`` under the host's ``timeout``: a broken binary cannot hang the probe.
+_VERSION_RUN = bounded('"$bin" version', PROBE_VERSION_S)
 #: Bounds what the probe copies of PicoClaw's config files.
 CONFIG_BYTES = 262144
 #: Prints the ``key=value`` lines, then PicoClaw's config.json and its
@@ -82,8 +76,7 @@ PROBE_COMMAND = (
     'echo "ncpu=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)"; '
     f'bin="$HOME/{BINARY_PATH}"; '
     'if [ -x "$bin" ]; then '
-    'if command -v timeout >/dev/null 2>&1; then v=$(unset TZ; NO_COLOR=1 timeout 10 "$bin" version 2>&1 </dev/null); '
-    'else v=$(unset TZ; NO_COLOR=1 "$bin" version 2>&1 </dev/null); fi; '
+    f'v=$(unset TZ; export NO_COLOR=1; {_VERSION_RUN} 2>&1 </dev/null); '
     'echo "version_rc=$?"; v=${v#*"picoclaw "}; '
     "nl='\n'; printf 'version=%s\\n' \"${v%%\"$nl\"*}\"; "
     "else echo version_rc=127; fi; "
@@ -114,15 +107,11 @@ class HostFacts:
         """True when a runnable PicoClaw answered ``version``."""
         return self.version is not None
 
-    @property
-    def load_per_cpu(self):
-        """1-minute load divided by CPU count, or None when either is unknown."""
-        return load_per_cpu(self.load1, self.ncpu)
-
-
-def load_per_cpu(load1, ncpu):
-    """What "least loaded" compares: `load1` / `ncpu`, or None when either is unknown."""
-    return None if load1 is None or not ncpu else load1 / ncpu
+    def arch_mismatch(self, entry):
+        """What the config's ``arch`` for `entry` gets wrong about this host, or None when nothing."""
+        if entry.arch and self.arch and entry.arch != self.arch:
+            return f"config says {entry.arch}, host reports {self.machine} ({self.arch})"
+        return None
 
 
 @dataclass(frozen=True)
@@ -224,8 +213,6 @@ def key_present(config, model, security_text):
     empty one, and from the model_list entry's ``api_keys`` otherwise. None
     when there is no model or the files cannot be read.
     """
-    import yaml  # only status and deploy read YAML: `fab --list` need not import it
-
     if model is None:
         return None
     try:
@@ -260,9 +247,6 @@ def measure_latency(cxn):
     return (time.monotonic() - started) * 1000
 
 
-#: The probe's own deadline, besides the connection's: ``picoclaw version`` may take its 10 s.
-PROBE_VERSION_S = 10
-
 
 def probe_host(cxn):
     """Open the connection, run the probe, and return the host's `HostFacts`.
@@ -277,74 +261,3 @@ def probe_host(cxn):
     facts = parse_probe(result.stdout)
     facts.latency_ms = latency
     return facts
-
-
-def status_report(cxn, entry):
-    """The ``status`` verb's `HostReport` for one host."""
-    started = time.monotonic()
-    facts = probe_host(cxn)
-    return HostReport(entry.name, entry.address, "ok", time.monotonic() - started, details=facts_details(facts, entry))
-
-
-def facts_details(facts, entry):
-    """The facts as report details, flagging a config arch that disagrees with the host."""
-    details = {
-        "arch": facts.arch or facts.machine,
-        "version": facts.version or "not-installed",
-        "load1": facts.load1,
-        "ncpu": facts.ncpu,
-        "env": facts.env_present,
-        "latency_ms": round(facts.latency_ms, 1) if facts.latency_ms is not None else None,
-        **worker_details(facts.worker),
-    }
-    if entry.arch and facts.arch and entry.arch != facts.arch:
-        details["arch_mismatch"] = f"config says {entry.arch}, host reports {facts.machine} ({facts.arch})"
-    return details
-
-
-def worker_details(worker):
-    """``model``, ``api_key`` and ``restrict_to_workspace`` for reports (None where unknown)."""
-    if worker is None:
-        return {"model": None, "api_key": None, "restrict_to_workspace": None}
-    details = {"model": worker.model, "api_key": worker.api_key, "restrict_to_workspace": worker.restrict_to_workspace}
-    if worker.problem:
-        details["config_problem"] = worker.problem
-    return details
-
-
-def sandbox_cell(restricted):
-    """``workspace`` (PicoClaw's tools confined to it), ``off``, or ``-`` when unknown."""
-    return "-" if restricted is None else ("workspace" if restricted else "off")
-
-
-def yes_no(value):
-    return "-" if value is None else ("yes" if value else "no")
-
-
-def fleet_status(config, entries, parallel=None, base_config=None):
-    """Probe every selected host: the ``status`` verb's `FleetReport`."""
-    from .fanout import fan_out
-    from .report import FleetReport
-
-    done = fan_out(entries, status_report, config.defaults, parallel, base_config, config.hosts)
-    return FleetReport("status", done.reports, interrupted=done.interrupted)
-
-
-def render_status(report):
-    """The status table people read: one row a host, then the summary."""
-    from .report import render_table, summary_line
-
-    rows = []
-    for host in report.hosts:
-        d = host.details
-        if not host.ok:
-            rows.append([host.name, host.address, host.status] + ["-"] * 7 + [host.message])
-            continue
-        load = "-" if d["load1"] is None else f"{d['load1']:.2f}/{d['ncpu'] or '?'}"
-        notes = [f"arch mismatch: {d['arch_mismatch']}"] if "arch_mismatch" in d else []
-        notes += [d["config_problem"]] if "config_problem" in d else []
-        latency = "-" if d["latency_ms"] is None else f"{d['latency_ms']:.0f}ms"
-        rows.append([host.name, host.address, host.status, d["arch"], d["version"], d["model"] or "-",
-                     yes_no(d["api_key"]), sandbox_cell(d["restrict_to_workspace"]), load, latency, "; ".join(notes)])
-    headers = ["HOST", "ADDRESS", "STATUS", "ARCH", "PICOCLAW", "MODEL", "KEY", "SANDBOX", "LOAD/CPU", "RTT", "NOTE"]
-    return render_table(rows, headers) + "\n" + summary_line(report)

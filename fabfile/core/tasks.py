@@ -1,4 +1,9 @@
-"""The tasks of a ``fab batch``: read from a file, stdin or ``--task``, all checked up front.
+"""What a task is before it reaches a host: its text, session and timeout, checked; a batch's tasks file.
+
+Dispatch and batch share the checks (`task_bytes`, `session_name`,
+`check_timeout`), so a task that one refuses the other refuses too.
+
+The tasks of a ``fab batch`` are read from a file, stdin or ``--task``, all checked up front.
 
 A tasks file is plain text, one task a line, or JSON Lines, one
 ``{"id", "task", "host", "timeout"}`` object a line; blank lines and ``#``
@@ -13,11 +18,19 @@ and one past a cap is refused naming the line.
 """
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 
-from .agent_command import session_name, task_bytes
 from .errors import UsageError
+
+#: Linux's MAX_ARG_STRLEN (32 pages) counts the terminating NUL of the argument.
+MAX_TASK_BYTES = 128 * 1024 - 1
+#: A task's own session is ``agent:main:pcf-<random>``; named sessions may not look like one.
+TASK_SESSION_PREFIX = "pcf-"
+SESSION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: As the config's ``timeout`` (fleet.schema.json) and a batch line's: at most a day.
+MAX_TIMEOUT_S = 86400
 
 #: Keys a JSON Lines task may have; anything else is a typo worth stopping for.
 TASK_KEYS = ("id", "task", "host", "timeout", "session")
@@ -25,13 +38,58 @@ TASK_KEYS = ("id", "task", "host", "timeout", "session")
 #: Tasks one batch may hold: each is a result to keep and report.
 MAX_TASKS = 100_000
 #: Bytes one line may have (its newline aside). A task is at most 131071 bytes
-#: (agent_command.MAX_TASK_BYTES); as a JSON string, escapes (``\u001b``) can
+#: (`MAX_TASK_BYTES`); as a JSON string, escapes (``\u001b``) can
 #: make it up to six times longer, so 1 MiB holds any task that is allowed.
 MAX_LINE_BYTES = 1 << 20
 #: Bytes of task text one batch may hold in all (what the run keeps in memory).
 MAX_TOTAL_TASK_BYTES = 256 << 20
-#: A task's own ``timeout`` is at most a day, as ``defaults.timeout`` is.
-MAX_TASK_TIMEOUT_S = 86400
+
+
+def task_bytes(text):
+    """The task as UTF-8 bytes, or `UsageError` for text PicoClaw could never receive.
+
+    Checked before connecting so that a too-long or malformed task costs no
+    host anything: an argument cannot hold a NUL byte, and one argument may
+    not exceed MAX_ARG_STRLEN on Linux.
+    """
+    if not text:
+        raise UsageError("the task is empty: give the text with --task/-t")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("the task text is not valid UTF-8") from None
+    if b"\0" in data:
+        raise UsageError("the task text contains a NUL byte, which no command-line argument can carry")
+    if len(data) > MAX_TASK_BYTES:
+        raise UsageError(
+            f"the task is {len(data)} bytes; Linux limits one argument to {MAX_TASK_BYTES} bytes (128 KiB)"
+        )
+    return data
+
+
+def session_name(text):
+    """`text` as a session name (``--session``, batch's ``session``), or `UsageError`.
+
+    Names become PicoClaw keys ``agent:main:<name>`` and file names, so they
+    are limited to letters, digits, ``_`` and ``-``; ``main`` is PicoClaw's
+    own alias for its default session, so it is refused.
+    """
+    if not isinstance(text, str) or not SESSION_NAME.fullmatch(text):
+        raise UsageError(f"session {text!r}: use 1-64 letters, digits, _ or - (e.g. --session triage)")
+    if text.lower() == "main" or text.lower().startswith(TASK_SESSION_PREFIX):
+        raise UsageError(f"session {text!r} is reserved: choose another name")
+    return text
+
+
+def check_timeout(value):
+    """``--timeout`` as positive seconds; `UsageError` otherwise."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--timeout must be a number of seconds, not {value!r}") from None
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise UsageError(f"--timeout must be more than 0 seconds and at most {MAX_TIMEOUT_S} (a day), not {value!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -176,8 +234,8 @@ def json_task(line, number, position, where):
         raise UsageError(f'{where}: "host" must be a host name')
     timeout = item.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not 0 < timeout <= MAX_TASK_TIMEOUT_S):
-        raise UsageError(f'{where}: "timeout" must be a number of seconds above 0 and at most {MAX_TASK_TIMEOUT_S} (a day)')
+                                or not 0 < timeout <= MAX_TIMEOUT_S):
+        raise UsageError(f'{where}: "timeout" must be a number of seconds above 0 and at most {MAX_TIMEOUT_S} (a day)')
     session = item.get("session")
     if session is not None:
         try:

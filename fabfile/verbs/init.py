@@ -11,9 +11,9 @@ import os
 import re
 import tempfile
 
-from .config import (TEMPLATE, config_path, directory_problem, os_reason, parse_config_text, parse_port,
+from ..core.config import (TEMPLATE, config_path, directory_problem, os_reason, parse_config_text, parse_port,
                      parse_target, path_exists, validate_config, write_template)
-from .errors import UsageError
+from ..core.errors import UsageError
 
 #: Defaults a new config starts with: the same provider and key variable as the template.
 NEW_CONFIG_DEFAULTS = dict(TEMPLATE["defaults"])

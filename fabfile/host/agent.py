@@ -17,7 +17,6 @@ argument, which `task_bytes` enforces before anything connects.
 
 import codecs
 import io
-import re
 import secrets
 import shlex
 import time
@@ -26,13 +25,13 @@ from dataclasses import dataclass
 from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut
 
-from .errors import UsageError
-from .deadlines import deadline, step_seconds
-from .facts import ANSI_ESCAPE, BINARY_PATH, PICOCLAW_DIR, SESSIONS_DIR
-from .report import HostReport
+from ..core.status import Status
+from ..core.tasks import TASK_SESSION_PREFIX
+from ..ssh.deadlines import deadline, step_seconds
+from .facts import ANSI_ESCAPE
+from .paths import BINARY_PATH, PICOCLAW_DIR, SESSIONS_DIR, bounded
+from ..core.report import HostReport
 
-#: Linux's MAX_ARG_STRLEN (32 pages) counts the terminating NUL of the argument.
-MAX_TASK_BYTES = 128 * 1024 - 1
 #: The remote ``timeout`` sends TERM at the deadline and KILL this much later.
 KILL_AFTER_S = 5
 #: The local side gives up this long after the remote KILL: only a host that
@@ -52,31 +51,6 @@ CAPTURE_BYTES = {"stdout": 4 << 20, "stderr": 1 << 20}
 ANSWER_MARKER = "\n\U0001f99e "
 #: The line on stderr after which the remote command appends PicoClaw's log file.
 LOG_MARKER = "--- picoclaw log ---"
-#: A task's own session is ``agent:main:pcf-<random>``; named sessions may not look like one.
-TASK_SESSION_PREFIX = "pcf-"
-SESSION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def task_bytes(text):
-    """The task as UTF-8 bytes, or `UsageError` for text PicoClaw could never receive.
-
-    Checked before connecting so that a too-long or malformed task costs no
-    host anything: an argument cannot hold a NUL byte, and one argument may
-    not exceed MAX_ARG_STRLEN on Linux.
-    """
-    if not text:
-        raise UsageError("the task is empty: give the text with --task/-t")
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UsageError("the task text is not valid UTF-8") from None
-    if b"\0" in data:
-        raise UsageError("the task text contains a NUL byte, which no command-line argument can carry")
-    if len(data) > MAX_TASK_BYTES:
-        raise UsageError(
-            f"the task is {len(data)} bytes; Linux limits one argument to {MAX_TASK_BYTES} bytes (128 KiB)"
-        )
-    return data
 
 
 @dataclass(frozen=True)
@@ -93,20 +67,6 @@ class AgentOptions:
     session: str | None = None
     unrestricted: bool = False
     raw: bool = False
-
-
-def session_name(text):
-    """`text` as a session name (``--session``, batch's ``session``), or `UsageError`.
-
-    Names become PicoClaw keys ``agent:main:<name>`` and file names, so they
-    are limited to letters, digits, ``_`` and ``-``; ``main`` is PicoClaw's
-    own alias for its default session, so it is refused.
-    """
-    if not isinstance(text, str) or not SESSION_NAME.fullmatch(text):
-        raise UsageError(f"session {text!r}: use 1-64 letters, digits, _ or - (e.g. --session triage)")
-    if text.lower() == "main" or text.lower().startswith(TASK_SESSION_PREFIX):
-        raise UsageError(f"session {text!r} is reserved: choose another name")
-    return text
 
 
 def agent_command(timeout_s, options=AgentOptions(), task_id=None):
@@ -145,7 +105,7 @@ def agent_command(timeout_s, options=AgentOptions(), task_id=None):
     if options.unrestricted:
         steps.append("export PICOCLAW_AGENTS_DEFAULTS_RESTRICT_TO_WORKSPACE=false")
     steps += [
-        f"if command -v timeout >/dev/null 2>&1; then timeout -k {KILL_AFTER_S} {seconds} {run}; else {run}; fi",
+        bounded(run, seconds, kill_after=KILL_AFTER_S),
         "rc=$?",
     ]
     if options.session is None:
@@ -265,12 +225,17 @@ class TaskRunner(Remote):
 
 @dataclass
 class AgentResult:
-    """What one ``picoclaw agent`` run gave back, and its status."""
+    """What one ``picoclaw agent`` run gave back, and its status.
+
+    `answer` is PicoClaw's answer alone; `stdout` what it printed (banner
+    included), `stderr` its error output, `log` its log lines. It is the
+    typed result of a task, the details of a dispatch or batch `HostReport`.
+    """
 
     stdout: str
     stderr: str
     exit_code: int | None
-    status: str
+    status: Status
     message: str
     duration_s: float
     answer: str = ""
@@ -279,19 +244,20 @@ class AgentResult:
     dropped_bytes: dict = None
     not_utf8: tuple = ()
 
-    def details(self):
-        """The fields ``--json`` carries for the run (besides status and duration).
+    @classmethod
+    def nothing(cls, status=Status.NOT_RUN, message=""):
+        """The result of a task that never reached PicoClaw: every output field, empty."""
+        return cls("", "", None, status, message, 0.0)
 
-        `answer` is PicoClaw's answer alone; `stdout` what it printed
-        (banner included), `stderr` its error output, `log` its log lines.
-        """
-        details = {"answer": self.answer, "stdout": self.stdout, "stderr": self.stderr, "log": self.log,
-                   "exit_code": self.exit_code,
-                   "dropped_bytes": dict(self.dropped_bytes or {"stdout": 0, "stderr": 0}),
-                   "not_utf8": list(self.not_utf8)}
+    def to_dict(self):
+        """The fields ``--json`` carries for the run (besides status and duration)."""
+        data = {"answer": self.answer, "stdout": self.stdout, "stderr": self.stderr, "log": self.log,
+                "exit_code": self.exit_code,
+                "dropped_bytes": dict(self.dropped_bytes or {"stdout": 0, "stderr": 0}),
+                "not_utf8": list(self.not_utf8)}
         if self.session is not None:
-            details["session"] = self.session
-        return details
+            data["session"] = self.session
+        return data
 
 
 def run_agent(cxn, task, timeout_s, options=AgentOptions()):
@@ -323,9 +289,9 @@ def run_agent(cxn, task, timeout_s, options=AgentOptions()):
     gone = connection_dropped(cxn, runner.channel)
     status, message = agent_status(exit_code, result.stderr, duration, timeout_s, locally_timed_out, gone)
     stderr, log = split_log(result.stderr)
-    if status == "not-installed":
+    if status == Status.NOT_INSTALLED:
         stderr = ""  # our prologue's marker, not PicoClaw's
-    answer = split_answer(result.stdout) if status == "ok" or ANSWER_MARKER in result.stdout else ""
+    answer = split_answer(result.stdout) if status == Status.OK or ANSWER_MARKER in result.stdout else ""
     notes = output_notes(runner.dropped, runner.not_utf8)
     if notes:
         message = "; ".join(([message] if message else []) + notes)
@@ -355,26 +321,23 @@ def connection_dropped(cxn, channel):
 def agent_status(exit_code, stderr, duration_s, timeout_s, locally_timed_out=False, dropped=False):
     """(status, message) for a finished run; `exit_code` None means no exit status came back."""
     if locally_timed_out:
-        return "timeout", f"no answer within {timeout_s:g}s (the host did not stop it either; connection closed)"
+        return Status.TIMEOUT, f"no answer within {timeout_s:g}s (the host did not stop it either; connection closed)"
     if exit_code is None:
         if dropped:
-            return "lost", "the connection dropped while the task was running"
-        return "failed", "PicoClaw ended without an exit status (killed by a signal?)"
+            return Status.LOST, "the connection dropped while the task was running"
+        return Status.FAILED, "PicoClaw ended without an exit status (killed by a signal?)"
     if exit_code == TIMEOUT_EXIT or (exit_code == KILLED_EXIT and duration_s >= timeout_s):
-        return "timeout", f"stopped after {timeout_s:g}s (--timeout)"
+        return Status.TIMEOUT, f"stopped after {timeout_s:g}s (--timeout)"
     if exit_code == NOT_INSTALLED_EXIT and NOT_INSTALLED_MARKER in stderr:
-        return "not-installed", f"PicoClaw is not installed at ~/{BINARY_PATH}"
+        return Status.NOT_INSTALLED, f"PicoClaw is not installed at ~/{BINARY_PATH}"
     if exit_code:
-        return "failed", f"PicoClaw exited with status {exit_code}"
-    return "ok", ""
+        return Status.FAILED, f"PicoClaw exited with status {exit_code}"
+    return Status.OK, ""
 
 
-def agent_report(entry, result, duration_s=None, **details):
-    """The `HostReport` for a host that ran a task: its output goes in the details."""
-    duration = result.duration_s if duration_s is None else duration_s
-    return HostReport(
-        entry.name, entry.address, result.status, duration, result.message, {**result.details(), **details}
-    )
+def agent_report(entry, result):
+    """The `HostReport` for a host that ran a task: the `AgentResult` is its details."""
+    return HostReport(entry.name, entry.address, result.status, result.duration_s, result.message, result)
 
 
 #: Stops every task running on the connection this command arrives on.

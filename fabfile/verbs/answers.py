@@ -1,4 +1,4 @@
-"""Showing task answers to people: one host inline, many hosts as folded blocks.
+"""Showing task answers to people (dispatch and batch): one host inline, many hosts as folded blocks.
 
 One host: PicoClaw's answer alone (no banner, no log lines, no ``🦞 ``), so
 ``answer=$(fab dispatch -t ...)`` captures the answer and nothing else; when
@@ -11,16 +11,24 @@ boards giving the same answer should read as one answer, not forty.
 
 import sys
 
-from .report import summary_line
+from ..core.report import summary_line
+from ..host.agent import AgentResult
 
 RULE = "----"
+#: What a host shows when its task never reached PicoClaw (unreachable, not run).
+NO_OUTPUT = AgentResult.nothing()
+
+
+def task_output(host):
+    """The `AgentResult` of a host's task (also inside dispatch's `DispatchDetails`), else `NO_OUTPUT`."""
+    details = getattr(host.details, "run", host.details)
+    return details if isinstance(details, AgentResult) else NO_OUTPUT
 
 
 def shown_output(host, raw=False):
     """What a host's block shows of its run: the answer as a line, or (`raw`) PicoClaw's stdout."""
-    if raw:
-        return host.details.get("stdout", "")
-    return ensure_newline(host.details.get("answer", ""))
+    output = task_output(host)
+    return output.stdout if raw else ensure_newline(output.answer)
 
 
 def show_inline(report, out=None, err=None, raw=False):
@@ -31,7 +39,7 @@ def show_inline(report, out=None, err=None, raw=False):
         if host.ok and host.message:
             write(err, f"picoclaw-fleet: {host.name}: note: {host.message}\n")
         if not host.ok:
-            write(err, host.details.get("stderr", ""))
+            write(err, task_output(host).stderr)
             detail = f": {host.message}" if host.message else ""
             write(err, f"picoclaw-fleet: {host.name}: {host.status}{detail}\n")
 
@@ -70,7 +78,7 @@ def answer_groups(hosts, fold=True, raw=False):
 
 def shown_result(host, raw=False):
     """What of a host's result its block shows: the key hosts fold on."""
-    stderr = "" if host.ok else host.details.get("stderr", "")
+    stderr = "" if host.ok else task_output(host).stderr
     return host.status, host.message, shown_output(host, raw), stderr
 
 
@@ -94,7 +102,7 @@ def block_body(host, raw=False):
     if host.ok and host.message:
         text += f"[note] {host.message}\n"
     if not host.ok:
-        stderr = host.details.get("stderr", "")
+        stderr = task_output(host).stderr
         text += "".join(f"[stderr] {line}\n" for line in stderr.splitlines())
         if host.message:
             text += f"[{host.status}] {host.message}\n"

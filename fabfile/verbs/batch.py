@@ -22,8 +22,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .batch_tasks import Task, check_pins
-from .errors import UsageError
+from ..core.tasks import Task, check_pins
+from ..core.errors import UsageError
 
 #: Statuses after which ``--retries`` runs a task again.
 RETRYABLE = ("failed", "timeout")
@@ -121,13 +121,13 @@ class TaskOutcome:
 
     def to_dict(self):
         """The task's JSON object: id, host, status, duration, output (every field, even unrun), attempts."""
-        from .dispatcher import OUTPUT_FIELDS
+        from ..host.agent import AgentResult
 
         host = self.report.to_dict()
         name, address = host.pop("name"), host.pop("address")
         data = {"id": self.task.id, "host": None if name == NO_HOST else name, "address": None if address == NO_HOST else address}
         data.update(host)
-        data.update({key: data.get(key, empty) for key, empty in OUTPUT_FIELDS.items()})
+        data.update({key: data.get(key, empty) for key, empty in AgentResult.nothing().to_dict().items()})
         data["attempts"] = self.attempts
         return data
 
@@ -288,7 +288,7 @@ class TaskQueue:
 
     def finished(self, slot, job, result):
         """`job` ran on the slot's host with `result` (an `AgentResult`): final, or again."""
-        from .agent_command import agent_report
+        from ..host.agent import agent_report
 
         with self.lock:
             host = slot.host
@@ -327,7 +327,7 @@ class TaskQueue:
 
     def abandon_running(self, message):
         """Give the tasks still running (their stop unconfirmed) a final ``interrupted``."""
-        from .report import HostReport
+        from ..core.report import HostReport
 
         with self.lock:
             for slot, job in list(self.running.items()):
@@ -408,7 +408,7 @@ class TaskQueue:
         other task ends ``not-run`` once no host is left at all. A task that
         already ran and was waiting for a retry keeps its last result.
         """
-        from .report import HostReport
+        from ..core.report import HostReport
 
         by_name = {host.name: host for host in self.hosts}
         any_alive = any(host.alive for host in self.hosts)
@@ -444,7 +444,7 @@ class TaskQueue:
 
 def not_run(message):
     """The report of a task that never ran anywhere (its host is `NO_HOST`)."""
-    from .report import HostReport
+    from ..core.report import HostReport
 
     return HostReport(NO_HOST, NO_HOST, "not-run", 0.0, message)
 
@@ -474,26 +474,26 @@ class BatchSettings:
     unrestricted: bool = False
 
 
-def batch_settings(fleet, timeout=None, retries=None, retry_lost=False, parallel=None, unrestricted=False):
+def batch_settings(run, timeout=None, retries=None, retry_lost=False, unrestricted=False):
     """The run's `BatchSettings` from the flags and the config; `UsageError` on a bad value."""
-    from .dispatcher import check_timeout
+    from ..core.tasks import check_timeout
 
     text = str(0 if retries is None else retries)
     if not (text.isascii() and text.isdigit()) or int(text) > MAX_RETRIES:
         raise UsageError(f"--retries {retries!r}: expected a whole number of extra runs from 0 to {MAX_RETRIES}")
     return BatchSettings(
-        timeout_s=check_timeout(fleet.defaults.timeout if timeout is None else timeout),
+        timeout_s=check_timeout(run.defaults.timeout if timeout is None else timeout),
         retries=int(text),
         retry_lost=bool(retry_lost),
-        parallel=parallel or fleet.defaults.parallel,
-        connect_timeout=fleet.defaults.connect_timeout,
+        parallel=run.bound,
+        connect_timeout=run.defaults.connect_timeout,
         unrestricted=bool(unrestricted),
     )
 
 
 def serve_host(queue, host, settings, setup_bound):
     """Connect and probe `host`, run its slots until the queue is done with it, then close."""
-    from .connections import close_quietly
+    from ..ssh.connections import close_quietly
 
     try:
         facts = connect_host(queue, host, setup_bound, settings.connect_timeout)
@@ -516,14 +516,17 @@ def connect_host(queue, host, setup_bound, connect_timeout):
     not mean 200 simultaneous handshakes. A host whose turn comes after the
     run is over is not contacted at all.
     """
-    from .connections import classify_failure
-    from .facts import BINARY_PATH, probe_host
+    from ..ssh.connections import classify_failure
+    from ..host.facts import probe_host
+    from ..host.paths import BINARY_PATH
 
     with setup_bound:
         if queue.closed:
             queue.skip_host(host)
             return None
         try:
+            if isinstance(host.cxn, Exception):
+                raise host.cxn  # its connection could not even be built (`open_fleet`)
             host.cxn.open()
             queue.saw_transport(host.cxn.transport)
             facts = probe_host(host.cxn)
@@ -545,8 +548,8 @@ def work_slot(queue, slot, settings):
     A session refused on a connection that is still up (paramiko names the
     cause only for one of several refusals at once) retires just this slot.
     """
-    from .agent_command import AgentOptions, run_agent
-    from .connections import classify_failure
+    from ..host.agent import AgentOptions, run_agent
+    from ..ssh.connections import classify_failure
 
     cxn = slot.host.cxn
     while (job := queue.next_job(slot)) is not None:
@@ -588,7 +591,7 @@ def start_thread(target, *args):
 # --- the run --------------------------------------------------------------------------------
 
 
-def run_batch(fleet, entries, tasks, settings, base_config=None, on_progress=None):
+def run_batch(run, tasks, settings, on_progress=None):
     """Run `tasks` over `entries`; the `BatchReport` once every task has its final status.
 
     `on_progress(new_outcomes, queue)` is called from this (the main) thread
@@ -597,19 +600,13 @@ def run_batch(fleet, entries, tasks, settings, base_config=None, on_progress=Non
     out tasks, stops the running ones on their hosts, and still returns the
     report, marked interrupted.
     """
-    from .batch_output import BatchReport
-    from .connections import HostKeyStore, build_connection, fabric_config
+    from .batch_report import BatchReport
+    from ..ssh.connections import open_fleet
 
-    if not entries:
-        raise UsageError(f"no hosts to run the tasks on: {fleet.path} lists none (or name some with --hosts user@host)")
-    check_pins(tasks, entries)
-    defaults = fleet.defaults
-    keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
-    config = fabric_config(base_config)
-    hosts = [
-        HostState(entry, order, build_connection(entry, defaults, keys, config, fleet.hosts))
-        for order, entry in enumerate(entries)
-    ]
+    if not run.entries:
+        raise UsageError(f"no hosts to run the tasks on: {run.fleet.path} lists none (or name some with --hosts user@host)")
+    check_pins(tasks, run.entries)
+    hosts = [HostState(entry, order, cxn) for order, (entry, cxn) in enumerate(zip(run.entries, open_fleet(run)))]
     queue = TaskQueue(tasks, hosts, settings.retries, settings.retry_lost)
     started = time.monotonic()
     setup_bound = threading.BoundedSemaphore(max(1, settings.parallel))
@@ -640,7 +637,7 @@ def stop_batch(queue, hosts, on_progress):
     KILL a task that ignores TERM; a task still not back by then is reported
     ``interrupted`` with that said. A second Ctrl-C stops the waiting.
     """
-    from .agent_command import KILL_AFTER_S, LOCAL_GRACE_S, stop_running_tasks
+    from ..host.agent import KILL_AFTER_S, LOCAL_GRACE_S, stop_running_tasks
 
     busy = queue.interrupt()
     stoppers = [start_thread(stop_running_tasks, host.cxn) for host in busy]

@@ -24,7 +24,7 @@ import json
 import yaml
 
 from . import remote_files
-from .facts import CONFIG_FILE, PICOCLAW_DIR, SECURITY_FILE
+from .paths import CONFIG_FILE, PICOCLAW_DIR, SECURITY_FILE
 
 #: PicoClaw writes both files 0600; the key must never be readable by others.
 FILE_MODE = 0o600

@@ -10,9 +10,10 @@ progress line goes to stderr, and only when stderr is a terminal.
 import json
 import sys
 from collections import Counter
+from dataclasses import asdict, dataclass
 
-from .output import RULE, block_body
-from .report import HostReport, emit
+from .answers import RULE, block_body
+from ..core.report import HostReport, emit
 
 
 class BatchReport:
@@ -56,15 +57,28 @@ class BatchReport:
 
 def unrecorded(task):
     """The outcome of a task the queue has no status for: shown, never silently left out."""
-    from .batch_queue import TaskOutcome, not_run
+    from .batch import TaskOutcome, not_run
 
     return TaskOutcome(task, not_run("no result was recorded for this task"), 0)
+
+
+@dataclass
+class BatchHostDetails:
+    """A host's part in a batch: its slots, how many tasks it ran, its load when probed."""
+
+    slots: int
+    tasks_run: int
+    load1: float | None
+    ncpu: int | None
+
+    def to_dict(self):
+        return asdict(self)
 
 
 def host_report(host):
     """A host's part in the batch as a `HostReport`: its status, slots, load and tasks run."""
     ended = host.ended if host.ended is not None else host.started
-    details = {"slots": host.slots, "tasks_run": host.tasks_run, "load1": host.load1, "ncpu": host.ncpu}
+    details = BatchHostDetails(host.slots, host.tasks_run, host.load1, host.ncpu)
     return HostReport(host.name, host.entry.address, host.status, max(0.0, ended - host.started), host.message, details)
 
 

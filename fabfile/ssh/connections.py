@@ -21,8 +21,9 @@ import paramiko
 from fabric import Config, Connection
 
 from .deadlines import session_open_seconds
-from .errors import UsageError, one_line
-from .report import HostReport
+from ..core.status import Status
+from ..core.errors import UsageError, one_line
+from ..core.report import HostReport
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
 _CONFIG_LOCK = threading.Lock()
@@ -142,7 +143,7 @@ class HostKeyStore:
 
 def known_hosts_problem(path, must_write):
     """Why `path` cannot serve as known_hosts (read, and written when `must_write`), or None."""
-    from .config import directory_problem, path_exists
+    from ..core.config import directory_problem, path_exists
 
     if not path_exists(path):
         if not must_write:
@@ -199,7 +200,7 @@ class KeyFileError(paramiko.AuthenticationException):
 class ConnectFailed(Exception):
     """A connection step failed in a way its message names (``unreachable``): not an SSH server, say."""
 
-    status = "unreachable"
+    status = Status.UNREACHABLE
 
 
 class ConnectStalled(ConnectFailed, TimeoutError):
@@ -400,9 +401,37 @@ def build_connection(entry, defaults, keys, config, config_hosts=(), _chain=()):
     return cxn
 
 
+def open_fleet(run):
+    """A connection for every entry of `run` (a `RunContext`), in order: the run's one opener.
+
+    Every verb reaches its hosts through here. Each entry gets a connection
+    of its own, even two entries naming one ``user@host:port`` (results are
+    keyed by entry, never by `Connection`, whose equality is that address).
+    They are built in the calling thread, before any worker starts: building
+    one writes the shared Fabric config (its deadlines), which is not safe
+    from several threads at once. A connection is only an object until it is
+    opened. An entry whose connection cannot even be built (a key file that
+    is gone...) gets the exception instead, to become its report later; a
+    config mistake (a gateway that names nothing) is a `UsageError` before
+    any host is contacted.
+    """
+    defaults = run.fleet.defaults
+    keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
+    config = fabric_config(run.base_config)
+    connections = []
+    for entry in run.entries:
+        try:
+            connections.append(build_connection(entry, defaults, keys, config, run.fleet.hosts))
+        except UsageError:
+            raise
+        except Exception as exc:  # a host's failure is its report, never the run's crash
+            connections.append(exc)
+    return connections
+
+
 def gateway_entry(gateway, config_hosts):
     """The jump host: another host of the config by name, or ``user@host[:port]``."""
-    from .config import parse_target
+    from ..core.config import parse_target
 
     named = next((h for h in config_hosts if h.name == gateway), None)
     if named is not None:
@@ -427,53 +456,53 @@ def _classify(exc, connect_timeout):
     if isinstance(exc, GatewayFailure):
         return gateway_failure(exc, connect_timeout)
     if isinstance(exc, KeyFileError):
-        return "auth-failed", str(exc)
+        return Status.AUTH_FAILED, str(exc)
     if isinstance(exc, ConnectFailed):
         return exc.status, str(exc)
     if isinstance(exc, paramiko.BadHostKeyException):
-        return "hostkey-rejected", (
+        return Status.HOSTKEY_REJECTED, (
             f"host key CHANGED for {exc.hostname} (got {exc.key.get_fingerprint().hex()}): "
             "refusing to connect; if the host was reinstalled, remove its old line from known_hosts"
         )
     if isinstance(exc, HostKeyRejected):
-        return "hostkey-rejected", str(exc)
+        return Status.HOSTKEY_REJECTED, str(exc)
     if isinstance(exc, paramiko.AuthenticationException):
         if "Authentication timeout" in str(exc):
-            return "unreachable", f"authentication did not finish within {connect_timeout:g}s"
-        return "auth-failed", f"authentication failed: {exc}"
+            return Status.UNREACHABLE, f"authentication did not finish within {connect_timeout:g}s"
+        return Status.AUTH_FAILED, f"authentication failed: {exc}"
     if isinstance(exc, (socket.timeout, TimeoutError)):
         if type(exc) in (socket.timeout, TimeoutError):
-            return "unreachable", f"no answer within {connect_timeout:g}s"
-        return getattr(exc, "status", "unreachable"), str(exc)  # deadlines.HostStalled and the like: named
+            return Status.UNREACHABLE, f"no answer within {connect_timeout:g}s"
+        return getattr(exc, "status", Status.UNREACHABLE), str(exc)  # deadlines.HostStalled and the like: named
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        return "unreachable", f"connection refused ({exc.strerror or exc})"
+        return Status.UNREACHABLE, f"connection refused ({exc.strerror or exc})"
     if isinstance(exc, EOFError):
-        return "unreachable", "the host closed the connection" + (f" ({exc})" if str(exc) else "")
+        return Status.UNREACHABLE, "the host closed the connection" + (f" ({exc})" if str(exc) else "")
     if isinstance(exc, OSError):
-        return "unreachable", f"{type(exc).__name__}: {exc}"
+        return Status.UNREACHABLE, f"{type(exc).__name__}: {exc}"
     if isinstance(exc, paramiko.SSHException):
         text = str(exc)
         if "Timeout opening channel" in text:
-            return "unreachable", f"session not opened within {session_open_seconds(connect_timeout):g}s"
+            return Status.UNREACHABLE, f"session not opened within {session_open_seconds(connect_timeout):g}s"
         # A listener that accepts but never speaks ends either in a banner
         # timeout or, when the handshake wait expires first, "No existing session".
         if any(sign in text for sign in ("banner", "No existing session", "Negotiation")):
-            return "unreachable", f"no SSH handshake within {connect_timeout:g}s (is it an SSH server?)"
+            return Status.UNREACHABLE, f"no SSH handshake within {connect_timeout:g}s (is it an SSH server?)"
         if "No authentication methods available" in text:
-            return "auth-failed", "no SSH key to offer: set ssh_key, use ~/.ssh/config or an agent, or pass fab -i KEY"
+            return Status.AUTH_FAILED, "no SSH key to offer: set ssh_key, use ~/.ssh/config or an agent, or pass fab -i KEY"
         if any(sign in text for sign in KEY_FILE_SIGNS):
-            return "auth-failed", f"the private key cannot be used: {text}"
-        return "unreachable", f"SSH error: {text}"
-    return "failed", f"{type(exc).__name__}: {exc}"
+            return Status.AUTH_FAILED, f"the private key cannot be used: {text}"
+        return Status.UNREACHABLE, f"SSH error: {text}"
+    return Status.FAILED, f"{type(exc).__name__}: {exc}"
 
 
 def gateway_failure(exc, connect_timeout):
     """A failure on the way through a gateway: the gateway's own status, its message prefixed with it."""
     cause = exc.cause
     if isinstance(cause, paramiko.ChannelException):
-        return "unreachable", f"via gateway {exc.gateway}: it could not connect onwards ({cause.text or cause})"
+        return Status.UNREACHABLE, f"via gateway {exc.gateway}: it could not connect onwards ({cause.text or cause})"
     if isinstance(cause, paramiko.SSHException) and "Timeout opening channel" in str(cause):
-        return "unreachable", (f"via gateway {exc.gateway}: it did not open the forwarding channel "
+        return Status.UNREACHABLE, (f"via gateway {exc.gateway}: it did not open the forwarding channel "
                                f"within {connect_timeout:g}s")
     status, message = _classify(cause, connect_timeout)
     return status, f"via gateway {exc.gateway}: {message}"

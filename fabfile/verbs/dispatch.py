@@ -19,12 +19,18 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .agent_command import AgentOptions, AgentResult, agent_report, run_agent, stop_running_tasks, task_bytes
-from .errors import UsageError
-from .report import FleetReport, HostReport
-
-#: Every host's JSON carries these, even a host the task never reached.
-OUTPUT_FIELDS = AgentResult("", "", None, "not-run", "", 0.0).details()
+from ..core.config import no_hosts_selected, select_hosts
+from ..core.errors import UsageError
+from ..core.policy import choose_worker
+from ..core.report import FleetReport, HostReport
+from ..core.status import Status
+from ..core.tasks import check_timeout, task_bytes
+from ..host.agent import AgentOptions, AgentResult, agent_report, run_agent, stop_running_tasks
+from ..host.facts import probe_host
+from ..host.install import deploy_host, deploy_plan
+from ..host.removal import teardown_host
+from ..ssh.connections import failure_report
+from ..ssh.fanout import fan_out
 
 
 @dataclass(frozen=True)
@@ -35,17 +41,16 @@ class Targets:
     mode: str
 
 
-@dataclass(frozen=True)
-class Selection:
-    """The host a single task goes to, and why (shown on stderr, ``selected`` in JSON)."""
+@dataclass
+class DispatchDetails:
+    """A host's task result, and (with ``--ephemeral`` or a deploy first) the steps around it."""
 
-    entry: object
-    reason: str
-    installed: bool | None = None
+    run: AgentResult
+    steps: list
 
-    def to_json(self):
-        """The ``selected`` field of ``--json``."""
-        return {"host": self.entry.name, "reason": self.reason}
+    def to_dict(self):
+        """The task's JSON fields, then ``steps``."""
+        return {**self.run.to_dict(), "steps": self.steps}
 
 
 def dispatch_targets(fleet, host=None, hosts=None, all_hosts=False):
@@ -54,8 +59,6 @@ def dispatch_targets(fleet, host=None, hosts=None, all_hosts=False):
     A flag given with nothing in it (``--host ''``, ``--hosts ,,``) or a
     config with no hosts is `config.no_hosts_selected`, as in every verb.
     """
-    from .config import no_hosts_selected, select_hosts
-
     if host is not None and (hosts is not None or all_hosts):
         raise UsageError("--host names one host; use --hosts or --all (not both) to broadcast")
     if hosts is not None and all_hosts:
@@ -73,101 +76,85 @@ def dispatch_targets(fleet, host=None, hosts=None, all_hosts=False):
     return Targets(list(fleet.hosts), "policy")
 
 
-#: As the config's ``timeout`` (fleet.schema.json) and a batch line's: at most a day.
-MAX_TIMEOUT_S = 86400
-
-
-def check_timeout(value):
-    """``--timeout`` as positive seconds; `UsageError` otherwise."""
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--timeout must be a number of seconds, not {value!r}") from None
-    if not 0 < seconds <= MAX_TIMEOUT_S:
-        raise UsageError(f"--timeout must be more than 0 seconds and at most {MAX_TIMEOUT_S} (a day), not {value!r}")
-    return seconds
-
-
-def dispatch(fleet, targets, text, timeout_s=None, deploy=True, ephemeral=False, parallel=None,
-             base_config=None, notify=None, options=AgentOptions()):
-    """Run `text` as a PicoClaw task where `targets` says; the ``dispatch`` `FleetReport`.
+def dispatch(run, mode, text, timeout_s=None, deploy=True, ephemeral=False, options=AgentOptions()):
+    """Run `text` as a PicoClaw task on `run`'s hosts as `mode` says; the ``dispatch`` `FleetReport`.
 
     The task text, the timeout and (for ``--ephemeral``) the deploy plan are
-    checked before any host is contacted. `notify(line)` hears what happens
-    besides the answers (the chosen host, deploy and teardown steps); the
-    task prints it on stderr.
+    checked before any host is contacted. ``run.notify`` hears the chosen
+    host and the deploy and teardown steps.
     """
     if ephemeral and not deploy:
         raise UsageError("--ephemeral deploys where PicoClaw is missing; it cannot be combined with --no-deploy")
     task = task_bytes(text)
-    timeout_s = check_timeout(fleet.defaults.timeout if timeout_s is None else timeout_s)
-    deployer = Deployer(fleet) if ephemeral or (deploy and targets.mode != "broadcast") else None
+    timeout_s = check_timeout(run.defaults.timeout if timeout_s is None else timeout_s)
+    deployer = Deployer(run.fleet) if ephemeral or (deploy and mode != "broadcast") else None
     if ephemeral:
         deployer.plan()
-    worker = Worker(task, timeout_s, deployer, ephemeral, notify or quiet, fleet.defaults.connect_timeout, options)
-    if targets.mode == "broadcast":
-        done = fan_out_with_output(fleet, targets.entries, worker.run, parallel, base_config)
+    worker = Worker(task, timeout_s, deployer, ephemeral, run.notify, run.defaults.connect_timeout, options)
+    if mode == "broadcast":
+        done = fan_out_task(run, worker.run)
         report = FleetReport("dispatch", done.reports, interrupted=done.interrupted)
     else:
-        report = dispatch_one(fleet, targets, worker, parallel, base_config)
+        report = dispatch_one(run, mode, worker)
     if deployer is not None:
         deployer.raise_usage_error()
     return report
 
 
-def quiet(line):
-    """Drop a progress line: for callers with nobody at a terminal to tell."""
-
-
-def dispatch_one(fleet, targets, worker, parallel, base_config):
+def dispatch_one(run, mode, worker):
     """The single-host dispatch: the named host, or the one the policy chooses."""
-    if targets.mode == "named":
-        selection = Selection(targets.entries[0], "named with --host")
+    if mode == "named":
+        entry, reason = run.entries[0], "named with --host"
     else:
-        selection, refusal = select_worker(fleet, targets.entries, parallel, base_config, worker.deployer is not None)
+        selection, refusal = select_worker(run, worker.deployer is not None)
         if selection is None:
             return refusal
         if not selection.installed:
             worker.deployer.plan()  # a usage error (no API key...) is raised here, before the deploy
-        worker.notify(f"{selection.entry.name}: chosen: {selection.reason}")
-    done = fan_out_with_output(fleet, [selection.entry], worker.run, parallel, base_config)
-    return FleetReport("dispatch", done.reports, {"selected": selection.to_json()}, interrupted=done.interrupted)
+        entry, reason = selection.entry, selection.reason
+        run.notify(f"{entry.name}: chosen: {reason}")
+    done = fan_out_task(run.on([entry]), worker.run)
+    return FleetReport("dispatch", done.reports, {"selected": {"host": entry.name, "reason": reason}},
+                       interrupted=done.interrupted)
 
 
-def fan_out_with_output(fleet, entries, work, parallel, base_config):
-    """`fanout.fan_out` of the task, with the output fields on every report so JSON has one shape.
+def fan_out_task(run, work):
+    """`fanout.fan_out` of the task; a host the task never reached still gets (empty) output fields.
 
     A stop (Ctrl-C, SIGTERM, SIGHUP) TERMs PicoClaw on every host still
     running it, through that host's own connection.
     """
-    from .fanout import fan_out
-
-    done = fan_out(entries, work, fleet.defaults, parallel, base_config, fleet.hosts, stop=stop_running_tasks)
+    done = fan_out(run, work, stop=stop_running_tasks)
     for report in done.reports:
-        report.details = {**OUTPUT_FIELDS, **report.details}
+        if report.details is None:
+            report.details = AgentResult.nothing()
     return done
 
 
 # --- choosing the worker --------------------------------------------------------------------
 
 
-def select_worker(fleet, candidates, parallel, base_config, deploy):
-    """Probe `candidates` and choose one: (`Selection`, None), or (None, a report saying why not)."""
-    from .facts import status_report
-    from .fanout import fan_out
+def probe_report(cxn, entry):
+    """A candidate's probe as a `HostReport` whose details are its `HostFacts`."""
+    started = time.monotonic()
+    facts = probe_host(cxn)
+    return HostReport(entry.name, entry.address, Status.OK, time.monotonic() - started, details=facts)
 
-    done = fan_out(candidates, status_report, fleet.defaults, parallel, base_config, fleet.hosts)
+
+def select_worker(run, deploy):
+    """Probe `run`'s hosts and choose one: (`policy.Selection`, None), or (None, a report saying why not)."""
+    done = fan_out(run, probe_report)
     probes = done.reports
     if done.interrupted:
         reports = [no_worker_report(p, "stopped while choosing the host") for p in probes]
         return None, FleetReport("dispatch", reports, {"selected": None}, interrupted=True)
-    selection = choose_worker(candidates, probes)
+    selection = choose_worker(run.entries, [probe.details if probe.ok else None for probe in probes])
     if selection is None:
         reports = [no_worker_report(p, "no reachable host to run the task on") for p in probes]
         return None, FleetReport("dispatch", reports, {"selected": None})
     if not selection.installed and not deploy:
         report = no_worker_report(
-            HostReport(selection.entry.name, selection.entry.address, "not-installed", 0.0),
+            HostReport(selection.entry.name, selection.entry.address, Status.NOT_INSTALLED, 0.0),
             "no reachable host has PicoClaw (and --no-deploy forbids installing it)",
         )
         return None, FleetReport("dispatch", [report], {"selected": selection.to_json()})
@@ -176,56 +163,8 @@ def select_worker(fleet, candidates, parallel, base_config, deploy):
 
 def no_worker_report(report, message):
     """A probe's report, turned into the dispatch report of a host that ran nothing."""
-    details = dict(OUTPUT_FIELDS)
-    return HostReport(report.name, report.address, report.status, report.duration_s,
-                      report.message or message, details)
-
-
-def choose_worker(candidates, probes):
-    """The seed's policy over probe reports (``facts.status_report``), in config order.
-
-    Among reachable hosts with PicoClaw, the least loaded (1-minute load per
-    CPU) wins; a tie, or a load nobody knows, goes to the first in config
-    order (known loads rank before unknown ones). With no PicoClaw anywhere
-    reachable, the same rule picks the host to deploy to. None when nothing
-    is reachable.
-    """
-    reachable = [(entry, probe) for entry, probe in zip(candidates, probes) if probe.ok]
-    if not reachable:
-        return None
-    installed = [(e, p) for e, p in reachable if p.details.get("version") not in (None, "not-installed")]
-    pool = installed or reachable
-    ranked = sorted(enumerate(pool), key=lambda item: load_rank(item[1][1], item[0]))
-    entry, probe = ranked[0][1]
-    return Selection(entry, selection_reason(probe, pool, bool(installed)), bool(installed))
-
-
-def load_per_cpu(probe):
-    """A probe report's 1-minute load divided by CPU count, or None."""
-    from .facts import load_per_cpu as per_cpu
-
-    return per_cpu(probe.details.get("load1"), probe.details.get("ncpu"))
-
-
-def load_rank(probe, position):
-    """Sort key: known loads first, lowest first, then config order."""
-    load = load_per_cpu(probe)
-    return (load is None, round(load, 6) if load is not None else 0.0, position)
-
-
-def selection_reason(probe, pool, installed):
-    """Why this host, in one line: ``the least loaded (0.10 load/CPU) of 3 reachable hosts with PicoClaw``."""
-    load = load_per_cpu(probe)
-    if load is None:
-        how = "the first in config order (load unknown)"
-    else:
-        tied = sum(1 for _, other in pool if load_rank(other, 0)[:2] == load_rank(probe, 0)[:2])
-        how = f"the least loaded ({load:.2f} load/CPU" + (
-            f", tied with {tied - 1} more, first in config order)" if tied > 1 else ")")
-    hosts = f"{len(pool)} reachable host{'s' if len(pool) != 1 else ''}"
-    if installed:
-        return f"{how} of {hosts} with PicoClaw"
-    return f"no reachable host has PicoClaw: deploying to {how} of {hosts}"
+    return HostReport(report.name, report.address, report.status, report.duration_s, report.message or message,
+                      AgentResult.nothing())
 
 
 # --- running on one host --------------------------------------------------------------------
@@ -249,16 +188,16 @@ class Worker:
         steps = []
         report = self.deploy_and_run(cxn, entry, steps)
         if self.ephemeral:
-            self.tear_down(cxn, entry, steps, connection_lost=report.status == "lost")
+            self.tear_down(cxn, entry, steps, connection_lost=report.status == Status.LOST)
         report.duration_s = time.monotonic() - started
         if steps:
-            report.details["steps"] = steps
+            report.details = DispatchDetails(report.details, steps)
         return report
 
     def deploy_and_run(self, cxn, entry, steps):
         """Run the task; where PicoClaw is missing and deploying is allowed, deploy and run again."""
         result = run_agent(cxn, self.task, self.timeout_s, self.options)
-        if result.status == "not-installed" and self.deployer is not None:
+        if result.status == Status.NOT_INSTALLED and self.deployer is not None:
             deployed = self.step(steps, entry, "deploy", lambda: self.deployer.deploy(cxn, entry))
             if not deployed.ok:
                 return deployed_failure(deployed, result)
@@ -283,8 +222,6 @@ class Worker:
         connection status rather than raised: the task's own result, which
         may already be in, must not be lost to a failed clean-up.
         """
-        from .connections import failure_report
-
         started = time.monotonic()
         try:
             report = action()
@@ -301,7 +238,7 @@ def deployed_failure(deployed, result):
     message = f"PicoClaw was not installed and deploying it failed: {deployed.status}"
     if deployed.message:
         message += f" ({deployed.message})"
-    return HostReport(deployed.name, deployed.address, result.status, result.duration_s, message, result.details())
+    return HostReport(deployed.name, deployed.address, result.status, result.duration_s, message, result)
 
 
 class Deployer:
@@ -322,8 +259,6 @@ class Deployer:
 
     def plan(self):
         """The deploy plan, made on first use and shared by every host; `UsageError` if it cannot be."""
-        from .deployment import deploy_plan
-
         with self._lock:
             if self.usage_error is not None:
                 raise self.usage_error
@@ -337,20 +272,16 @@ class Deployer:
 
     def deploy(self, cxn, entry):
         """`deployment.deploy_host` on an open connection: a `HostReport`."""
-        from .deployment import deploy_host
-
         started = time.monotonic()
         try:
             plan = self.plan()
             plan.model_for(entry)
         except UsageError as exc:
-            return HostReport(entry.name, entry.address, "failed", time.monotonic() - started, str(exc))
+            return HostReport(entry.name, entry.address, Status.FAILED, time.monotonic() - started, str(exc))
         return deploy_host(cxn, entry, plan)
 
     def teardown(self, cxn, entry):
         """`removal.teardown_host` removing the binary and ``.env`` (not the whole ~/.picoclaw)."""
-        from .removal import teardown_host
-
         return teardown_host(cxn, entry, purge=False)
 
     def raise_usage_error(self):

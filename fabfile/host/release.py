@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urljoin
 
-from .errors import UsageError
+from ..core.status import Status
+from ..core.errors import UsageError
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -547,7 +548,7 @@ def pick_asset(release, arch):
     chosen = (archives or raw or [None])[0]
     if chosen is None:
         seen = ", ".join(a.name for a in release.assets) or "none"
-        raise AssetProblem("no-asset", f"{release.repo} {release.tag} has no Linux {arch} build (assets: {seen})")
+        raise AssetProblem(Status.NO_ASSET, f"{release.repo} {release.tag} has no Linux {arch} build (assets: {seen})")
     return chosen
 
 
@@ -599,13 +600,13 @@ def _binary_from_archive(fileobj, source):
             member = next((m for m in members if m.isfile() and m.name.rsplit("/", 1)[-1] == BINARY_NAME), None)
             if member is None:
                 names = ", ".join(m.name for m in members[:20]) + (", ..." if len(members) > 20 else "")
-                raise AssetProblem("bad-asset", f"{source} holds no '{BINARY_NAME}' file (it has: {names})")
+                raise AssetProblem(Status.BAD_ASSET, f"{source} holds no '{BINARY_NAME}' file (it has: {names})")
             if member.size > ASSET_MAX_BYTES:
-                raise AssetProblem("bad-asset", f"{source}: its {member.name} is {member.size} bytes, more than "
+                raise AssetProblem(Status.BAD_ASSET, f"{source}: its {member.name} is {member.size} bytes, more than "
                                                 f"the {amount(ASSET_MAX_BYTES)} a binary may have")
             return archive.extractfile(member).read()
     except (tarfile.TarError, gzip.BadGzipFile, EOFError, OSError) as exc:
-        raise AssetProblem("bad-asset", f"{source} is not a readable .tar.gz: {exc}") from None
+        raise AssetProblem(Status.BAD_ASSET, f"{source} is not a readable .tar.gz: {exc}") from None
 
 
 def binary_from_file(path):
@@ -789,7 +790,7 @@ def download(session, asset, file):
 
     def failed(why):
         progress.abandon()
-        return AssetProblem("download-failed", f"cannot download {asset.name}: {why}")
+        return AssetProblem(Status.DOWNLOAD_FAILED, f"cannot download {asset.name}: {why}")
 
     try:
         answer = bounded_get(session, asset.url, seconds, limit, {"Accept": "application/octet-stream"}, sink)
@@ -826,9 +827,9 @@ def fetch_checksums(session, asset):
             "deadline": f"not complete within its {CHECKSUMS_DEADLINE:g} s deadline",
             "too-long": f"larger than {amount(CHECKSUMS_MAX_BYTES)}, more than any checksum file holds",
         }.get(exc.kind, str(exc))
-        raise AssetProblem("download-failed", f"cannot fetch {asset.name}: {why}") from None
+        raise AssetProblem(Status.DOWNLOAD_FAILED, f"cannot fetch {asset.name}: {why}") from None
     if answer.status_code != 200:
-        raise AssetProblem("download-failed", f"cannot fetch {asset.name}: HTTP {answer.status_code} from {asset.url}")
+        raise AssetProblem(Status.DOWNLOAD_FAILED, f"cannot fetch {asset.name}: HTTP {answer.status_code} from {asset.url}")
     return parse_checksums(answer.body.decode("utf-8", "replace"))
 
 
@@ -900,7 +901,7 @@ class ReleaseBinaries:
             digest = download(self.session, asset, incoming.file)
             if expected is not None and digest != expected:
                 raise AssetProblem(
-                    "checksum-mismatch",
+                    Status.CHECKSUM_MISMATCH,
                     f"{asset.name} from {self.release.repo} {self.release.tag} does not match its published "
                     f"sha256 (expected {expected}, downloaded {digest}): not installed",
                 )
@@ -911,7 +912,7 @@ class ReleaseBinaries:
         try:
             binary = extract_binary_file(path, asset.name)
         except OSError as exc:
-            raise AssetProblem("download-failed", f"cannot read the download of {asset.name}: {exc}") from None
+            raise AssetProblem(Status.DOWNLOAD_FAILED, f"cannot read the download of {asset.name}: {exc}") from None
         return Binary(data=binary, sha256=sha256_hex(binary), source=asset.name)
 
     def expected_digest(self, asset):
@@ -924,13 +925,13 @@ class ReleaseBinaries:
         if sums is not None:
             if asset.name not in sums:
                 raise AssetProblem(
-                    "checksum-mismatch", f"{self.release.checksums.name} of {self.release.tag} lists no sha256 for {asset.name}"
+                    Status.CHECKSUM_MISMATCH, f"{self.release.checksums.name} of {self.release.tag} lists no sha256 for {asset.name}"
                 )
             return sums[asset.name]
         if asset.digest is not None or self.allow_unverified:
             return asset.digest
         raise AssetProblem(
-            "unverified",
+            Status.UNVERIFIED,
             f"{self.release.repo} {self.release.tag} publishes no checksum file and no digest for {asset.name}, "
             "so it cannot be verified: not installed (--allow-unverified installs it anyway)",
         )

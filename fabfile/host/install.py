@@ -1,8 +1,8 @@
-"""Putting PicoClaw on hosts: the binary, onboarding, its model and key, and the seed's ``.env``.
+"""Putting PicoClaw on one host: the binary, onboarding, its model and key, and the seed's ``.env``.
 
-A run is planned once (`deploy_plan`: API key read, release resolved) and then
-applied to every host in parallel (`deploy_host`), so one bad host never
-stops the others. Each step is idempotent: a host that already has this
+A run is planned once (`deploy_plan`: API key read, release resolved), then
+applied to each host (`deploy_host`, which ``fab deploy`` fans out and
+dispatch calls for a host that lacks PicoClaw). Each step is idempotent: a host that already has this
 binary and this ``.env`` gets nothing uploaded, and a re-run after a failure
 simply finishes the job.
 
@@ -16,18 +16,18 @@ import re
 import shlex
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from . import remote_files
-from .config import model_choice
-from .deadlines import deadline, step_seconds
-from .errors import UsageError
-from .facts import BINARY_PATH, CONFIG_FILE, ENV_FILE, parse_version, probe_host
+from . import release, remote_files
+from ..core.config import model_choice
+from ..ssh.deadlines import deadline, step_seconds
+from ..core.errors import UsageError
+from .facts import parse_version, probe_host
+from .paths import BIN_DIR, BINARY_PATH, CONFIG_FILE, ENV_FILE, bounded
 from .provisioning import ProvisioningError, private_dir, provision_model
 from .remote_files import RemoteFileError
-from .report import HostReport
-
-BIN_DIR = ".local/bin"
+from ..core.report import HostReport
+from ..core.status import Status
 
 #: How long the freshly uploaded binary may take to print its version.
 VERSION_TIMEOUT = 30
@@ -119,8 +119,6 @@ def deploy_plan(fleet, version=None, from_file=None, force=False, environ=None, 
     found, rate limited, unreachable). Assets are downloaded later, once per
     arch, when hosts ask for them.
     """
-    from . import release
-
     defaults = fleet.defaults
     environ = os.environ if environ is None else environ
     provider, key_env, key = key_settings(defaults, environ)
@@ -138,36 +136,55 @@ def deploy_plan(fleet, version=None, from_file=None, force=False, environ=None, 
 # ---- one host -------------------------------------------------------------------
 
 
-def deploy_host(cxn, entry, plan, facts=None):
-    """Install PicoClaw on one host per `plan`; a `HostReport` (never raises for the host's faults).
+@dataclass
+class InstallOutcome:
+    """What `deploy_host` found and did on one host; a field left None was not reached.
 
-    Contract for other verbs (dispatch's auto-deploy and --ephemeral): pass
-    the connection and `HostEntry` that `fanout.fan_out` hands to its
-    work function, a plan from `deploy_plan` (build it once per run), and the
-    host's `facts.HostFacts` if already probed (else this probes). Status is
-    ``ok`` with details ``arch, binary (installed|upgraded|downgraded|
-    reinstalled|unchanged), version, previous_version, env (written|
-    unchanged), onboard (ran|skipped), model (configured|unchanged),
-    model_name, restrict_to_workspace, uploaded_bytes`` (everything written
-    to this host: binary and files); otherwise a failure
-    status (``unsupported-arch``, ``no-asset``, ``checksum-mismatch``, ``unverified``,
-    ``download-failed``, ``bad-asset``, ``failed``) with a one-line message.
-    A dropped connection propagates as an exception for `fan_out` to classify
+    `binary` is ``installed``, ``upgraded``, ``downgraded``, ``reinstalled``
+    or ``unchanged``; `env` ``written`` or ``unchanged``; `onboard` ``ran``
+    or ``skipped``; `model` ``configured`` or ``unchanged`` (for
+    `model_name`); `uploaded_bytes` everything written to this host.
+    """
+
+    arch: str
+    arch_mismatch: str | None = None
+    binary: str | None = None
+    version: str | None = None
+    previous_version: str | None = None
+    env: str | None = None
+    onboard: str | None = None
+    model_name: str | None = None
+    model: str | None = None
+    restrict_to_workspace: bool | None = None
+    uploaded_bytes: int | None = None
+
+    def to_dict(self):
+        """The host's JSON fields: what was reached."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def deploy_host(cxn, entry, plan, facts=None):
+    """Install PicoClaw on one host per `plan`; a `HostReport` whose details are an `InstallOutcome`.
+
+    Contract for the verbs (``fab deploy``, dispatch's auto-deploy and
+    --ephemeral): pass the connection and `HostEntry` that `fanout.fan_out`
+    hands to its work function, a plan from `deploy_plan` (build it once per
+    run), and the host's `facts.HostFacts` if already probed (else this
+    probes). Status ``ok``, or a failure (``unsupported-arch``, an
+    `AssetProblem`'s status, ``failed``) with a one-line message. A dropped
+    connection propagates as an exception for `fan_out` to classify
     (``unreachable``). The previous binary stays in place on any failure.
     """
-    from .release import AssetProblem
-
     started = time.monotonic()
     facts = facts or probe_host(cxn)
-    details = {"arch": facts.arch or facts.machine}
-    if entry.arch and facts.arch and entry.arch != facts.arch:
-        details["arch_mismatch"] = f"config says {entry.arch}, host reports {facts.machine} ({facts.arch}); using {facts.arch}"
+    mismatch = facts.arch_mismatch(entry)
+    outcome = InstallOutcome(facts.arch or facts.machine, f"{mismatch}; using {facts.arch}" if mismatch else None)
 
     def report(status, message=""):
-        return HostReport(entry.name, entry.address, status, time.monotonic() - started, message, details)
+        return HostReport(entry.name, entry.address, status, time.monotonic() - started, message, outcome)
 
     if facts.arch is None:
-        return report("unsupported-arch", f"uname -m says {facts.machine or 'nothing'}: no PicoClaw build for it")
+        return report(Status.UNSUPPORTED_ARCH, f"uname -m says {facts.machine or 'nothing'}: no PicoClaw build for it")
     sent = ByteCounter()
 
     def count(n):
@@ -176,25 +193,25 @@ def deploy_host(cxn, entry, plan, facts=None):
 
     try:
         binary = plan.binaries.for_arch(facts.arch)
-        details.update(install_binary(cxn, binary, facts, plan, count))
+        outcome.binary, outcome.version, outcome.previous_version = install_binary(cxn, binary, facts, plan, count)
         private_dir(cxn)  # once, for .env and PicoClaw's config and key files alike
-        details["env"] = "written" if write_env(cxn, plan, count) else "unchanged"
-        details["onboard"] = onboard(cxn, plan.timeout)
+        outcome.env = "written" if write_env(cxn, plan, count) else "unchanged"
+        outcome.onboard = onboard(cxn, plan.timeout)
         choice = plan.model_for(entry)
-        details["model_name"] = choice.name
-        details["model"] = provision_model(cxn, choice, plan.key, count)
-        details["restrict_to_workspace"] = choice.restrict_to_workspace
-    except AssetProblem as problem:
+        outcome.model_name = choice.name
+        outcome.model = provision_model(cxn, choice, plan.key, count)
+        outcome.restrict_to_workspace = choice.restrict_to_workspace
+    except release.AssetProblem as problem:
         return report(problem.status, str(problem))
     except (RemoteFileError, DeployError, ProvisioningError) as exc:
-        return report("failed", str(exc))
+        return report(Status.FAILED, str(exc))
     finally:
-        details["uploaded_bytes"] = sent.total
-    return report("ok")
+        outcome.uploaded_bytes = sent.total
+    return report(Status.OK)
 
 
 def install_binary(cxn, binary, facts, plan, on_bytes=None):
-    """Put `binary` at ~/.local/bin/picoclaw unless it is already there; the report details.
+    """Put `binary` at ~/.local/bin/picoclaw unless it is already there: (what it did, version, previous version).
 
     The upload goes to a temporary name beside the target, is checked by
     sha256 and by running its ``version`` on the host, and only then renamed
@@ -203,7 +220,7 @@ def install_binary(cxn, binary, facts, plan, on_bytes=None):
     """
     current = remote_files.sha256(cxn, BINARY_PATH)
     if current == binary.sha256 and not plan.force:
-        return {"binary": "unchanged", "version": facts.version}
+        return "unchanged", facts.version, None
     remote_files.mkdir(cxn, BIN_DIR, 0o755)
     temp = remote_files.upload_temp(cxn, BINARY_PATH, binary.data, 0o755, on_bytes)
     try:
@@ -212,10 +229,8 @@ def install_binary(cxn, binary, facts, plan, on_bytes=None):
     except BaseException:
         remote_files.discard(cxn, temp)
         raise
-    details = {"binary": install_outcome(current, binary.sha256, facts.version, version), "version": version}
-    if current is not None:
-        details["previous_version"] = facts.version
-    return details
+    previous = facts.version if current is not None else None
+    return install_outcome(current, binary.sha256, facts.version, version), version, previous
 
 
 def install_outcome(current_sha, new_sha, old_version, new_version):
@@ -237,10 +252,7 @@ def version_key(version):
 def binary_version(cxn, path):
     """Run ``<path> version`` on the host: the version it prints, or `DeployError` if it does not run."""
     quoted = shlex.quote(remote_files.absolute(cxn, path))
-    command = (
-        f"if command -v timeout >/dev/null 2>&1; then timeout {VERSION_TIMEOUT} {quoted} version; "
-        f"else {quoted} version; fi </dev/null 2>&1"
-    )
+    command = f"{bounded(quoted + ' version', VERSION_TIMEOUT)} </dev/null 2>&1"
     with deadline(cxn, "running the new binary's version", step_seconds(cxn, VERSION_TIMEOUT)):
         result = cxn.run(command, hide=True, warn=True, in_stream=False)
     output = result.stdout.strip()
@@ -276,62 +288,3 @@ def onboard(cxn, timeout):
         text = (result.stderr.strip() or result.stdout.strip() or f"exit {result.exited}").splitlines()[-1]
         raise DeployError(f"picoclaw onboard failed: {text}")
     return "ran"
-
-
-# ---- the fleet ----------------------------------------------------------------------
-
-
-def deploy_fleet(fleet, entries, version=None, from_file=None, force=False, parallel=None, base_config=None, environ=None,
-                 allow_unverified=False):
-    """The ``deploy`` verb: plan once, then `deploy_host` on every selected host in parallel."""
-    from .fanout import fan_out
-    from .report import FleetReport
-
-    plan = deploy_plan(fleet, version, from_file, force, environ, allow_unverified)
-    for entry in entries:
-        plan.model_for(entry)  # a host with no usable model is a usage error before any host is contacted
-    done = fan_out(entries, lambda cxn, entry: deploy_host(cxn, entry, plan), fleet.defaults, parallel, base_config,
-                   fleet.hosts)
-    return FleetReport("deploy", done.reports, {"release": plan.binaries.describe(), "uploaded_bytes": plan.uploaded.total},
-                       interrupted=done.interrupted)
-
-
-def render_deploy(report):
-    """What people read: where the binary came from, one row a host, the summary."""
-    from .report import render_table, summary_line
-
-    source = report.extra["release"]
-    origin = (
-        f"from {source['from_file']} (sha256 {source['sha256'][:12]})"
-        if "from_file" in source
-        else f"{source['repo']} {source['tag']} (verified by {source['verification']})"
-        if not source.get("verification", "").startswith(("unverified", "none"))
-        else f"{source['repo']} {source['tag']} ({source['verification']})"
-    )
-    rows = [deploy_row(host) for host in report.hosts]
-    headers = ["HOST", "ADDRESS", "STATUS", "ARCH", "BINARY", "VERSION", "MODEL", ".ENV", "ONBOARD", "NOTE"]
-    uploaded = f"uploaded {human_bytes(report.extra['uploaded_bytes'])}"
-    return f"PicoClaw {origin}\n" + render_table(rows, headers) + "\n" + summary_line(report) + f"; {uploaded}"
-
-
-def human_bytes(n):
-    """``0 B``, ``7.2 kB``, ``480.2 MB``: a size as people read it."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-def deploy_row(host):
-    """One host's table row; a failure shows its message in the NOTE column."""
-    d = host.details
-    binary = d.get("binary", "-")
-    version = d.get("version") or "-"
-    if d.get("previous_version") and d.get("previous_version") != version:
-        version = f"{d['previous_version']} -> {version}"
-    notes = [host.message] if host.message else []
-    if "arch_mismatch" in d:
-        notes.append(f"arch mismatch: {d['arch_mismatch']}")
-    model = f"{d['model_name']} ({d['model']})" if "model" in d else "-"
-    return [host.name, host.address, host.status, d.get("arch", "-"), binary, version, model, d.get("env", "-"),
-            d.get("onboard", "-"), "; ".join(notes)]
