@@ -60,6 +60,7 @@ $(BENCH_EXTRAS)/.installed: bench/requirements.txt $(STAMP)
 
 lint: $(LINT_STAMP)
 	$(PY) -m pyflakes fabfile tests tasks.py $(wildcard demo bench)
-$(LINT_STAMP): $(STAMP)
+	$(VENV)/bin/lint-imports
+$(LINT_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[lint]'
 	touch $(LINT_STAMP)

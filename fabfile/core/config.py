@@ -15,6 +15,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import jsonschema
 
 from .errors import UsageError, one_line
 
@@ -364,8 +367,6 @@ def deepest_path(document, limit):
 
 def validate_config(data):
     """Check `data` against the schema, names, URLs and gateways; every problem on one line."""
-    import jsonschema  # imported here: it is slow to import and `fab --list` never needs it
-
     hosts = data.get("hosts") if isinstance(data, dict) else None
     if isinstance(hosts, list) and len(hosts) > MAX_HOSTS:
         raise UsageError(f"invalid config: hosts: {len(hosts)} hosts, at most {MAX_HOSTS} in one config")
@@ -492,8 +493,6 @@ def gateway_problems(hosts):
 
 def is_http_url(text):
     """True for ``http://host[:port][/path]`` and ``https://...`` with no spaces or credentials."""
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number

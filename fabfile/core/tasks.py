@@ -22,6 +22,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from .config import MAX_NESTING, RefusedNumber, deepest_path, strict_json_loads
 from .errors import UsageError
 
 #: Linux's MAX_ARG_STRLEN (32 pages) counts the terminating NUL of the argument.
@@ -206,8 +207,6 @@ def plain_task(text, task_id, position, where):
 
 def json_task(line, number, position, where):
     """A task from one JSON Lines line: ``{"id", "task", "host", "timeout", "session"}``."""
-    from .config import MAX_NESTING, RefusedNumber, deepest_path, strict_json_loads
-
     try:
         item = strict_json_loads(line)
     except json.JSONDecodeError as exc:

@@ -78,9 +78,11 @@ def agent_command(timeout_s, options=AgentOptions(), task_id=None):
     stdout holds only the banner and the answer; after it ends the log is
     appended to stderr behind `LOG_MARKER` and removed, and so is the task's
     own session (a TERM to the whole session, as batch sends on Ctrl-C, is
-    trapped by the shell, which cleans up once PicoClaw has gone). ``timeout -k`` kills PicoClaw's whole process group on the
-    host even if our connection is gone (``timeout`` puts it in a group of
-    its own); the shell then still cleans up. ``.env`` is not loaded: the
+    trapped by the shell, which cleans up once PicoClaw has gone).
+    ``timeout -k`` kills PicoClaw's whole process group on the host even if
+    our connection is gone (``timeout`` puts it in a group of its own); the
+    shell then still cleans up, its writes to the closed channel ignored
+    (SIGPIPE) rather than fatal. ``.env`` is not loaded: the
     agent's tools must not find the key in their environment.
     """
     task_id = task_id or secrets.token_hex(6)
@@ -107,6 +109,9 @@ def agent_command(timeout_s, options=AgentOptions(), task_id=None):
     steps += [
         bounded(run, seconds, kill_after=KILL_AFTER_S),
         "rc=$?",
+        # Our client may be gone (its connection closed while PicoClaw ran): writing the log to
+        # the closed stderr must fail, not kill the shell before it has cleaned up.
+        "trap '' PIPE",
     ]
     if options.session is None:
         files = " ".join(f'"$HOME"/{shlex.quote(path)}' for path in session_files(session))

@@ -22,6 +22,8 @@ import shlex
 import stat
 from contextlib import contextmanager
 
+import paramiko
+
 from ..ssh.deadlines import deadline, step_seconds
 
 #: How much an upload writes per SFTP request (paramiko pipelines them).
@@ -57,8 +59,6 @@ def sftp(cxn):
     host that answers SSH but has no SFTP server is told apart from an
     unreachable one: it needs a package installed, not a network fix.
     """
-    import paramiko
-
     cxn.open()  # connecting fails as it is, for fan_out to name
     if cxn._sftp is not None:  # Fabric's own cache of the connection's SFTP client
         return cxn._sftp
@@ -82,8 +82,6 @@ def open_sftp(cxn):
     Built here rather than by ``cxn.sftp()`` so that the channel has a read
     timeout: paramiko's SFTP waits for each reply without one.
     """
-    import paramiko
-
     channel = cxn.client.get_transport().open_session()
     channel.settimeout(step_seconds(cxn))
     channel.invoke_subsystem("sftp")

@@ -7,6 +7,7 @@ sysadmin can act on (`unreachable`, `auth-failed`, `hostkey-rejected`, ...).
 The fan-out over the fleet is `fanout.fan_out`.
 """
 
+import dataclasses
 import fcntl
 import logging
 import math
@@ -20,10 +21,11 @@ from pathlib import Path
 import paramiko
 from fabric import Config, Connection
 
-from .deadlines import session_open_seconds
-from ..core.status import Status
+from ..core.config import directory_problem, parse_target, path_exists
 from ..core.errors import UsageError, one_line
 from ..core.report import HostReport
+from ..core.status import Status
+from .deadlines import session_open_seconds
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
 _CONFIG_LOCK = threading.Lock()
@@ -143,8 +145,6 @@ class HostKeyStore:
 
 def known_hosts_problem(path, must_write):
     """Why `path` cannot serve as known_hosts (read, and written when `must_write`), or None."""
-    from ..core.config import directory_problem, path_exists
-
     if not path_exists(path):
         if not must_write:
             return None
@@ -430,15 +430,13 @@ def open_fleet(run):
 
 
 def gateway_entry(gateway, config_hosts):
-    """The jump host: another host of the config by name, or ``user@host[:port]``."""
-    from ..core.config import parse_target
-
+    """The jump host: another host of the config by name, or ``user@host[:port]`` (named so in messages)."""
     named = next((h for h in config_hosts if h.name == gateway), None)
     if named is not None:
         return named
     if "@" not in gateway:
         raise UsageError(f"gateway {gateway!r} is neither a host name in the config nor user@host[:port]")
-    return parse_target(gateway, "gateway")
+    return dataclasses.replace(parse_target(gateway, "gateway"), name=gateway)
 
 
 #: paramiko's words for a private key file it cannot use (pkey.py): an ``auth-failed``, not an unreachable host.
