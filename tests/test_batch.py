@@ -10,8 +10,11 @@ import io
 import json
 import os
 import pty
+import pwd
 import re
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -224,6 +227,68 @@ def test_the_least_loaded_hosts_get_the_tasks_when_slots_outnumber_tasks(testbed
     hosts = {h["name"]: h for h in data["hosts"]}
     assert (hosts[busy.name]["load1"], hosts[busy.name]["ncpu"]) == (3.0, 1)
     assert [hosts[h.name]["tasks_run"] for h in (busy, medium, light, idle)] == [0, 0, 1, 1]
+
+
+#: The probe's ``nproc`` on a metered host: it logs when the probe gets there and when it leaves, in
+#: one log every host shares, holding until GATE probes have started (20 s at most), then a little
+#: longer: time for one more probe to start, had the bound let one in.
+PROBE_METER = """#!/bin/sh
+log={log}
+echo "start $LOGNAME" >> "$log"
+n=0
+while [ "$(grep -c '^start' "$log")" -lt {gate} ] && [ "$n" -lt 400 ]; do sleep 0.05; n=$((n + 1)); done
+sleep 0.3
+echo "end $LOGNAME" >> "$log"
+echo 1
+"""
+
+
+def meter_probes(testbed, hosts, gate):
+    """Give each host's probe the `PROBE_METER` (through ~/.ssh/environment's PATH); the shared log's path."""
+    meter = Path(tempfile.mkdtemp(prefix="probe-meter-", dir=testbed.workdir))
+    meter.chmod(0o755)
+    log = meter / "probes.log"
+    log.touch()
+    log.chmod(0o666)
+    for host in hosts:
+        bindir = host.home / ".probe-meter"
+        bindir.mkdir()
+        (bindir / "nproc").write_text(PROBE_METER.format(log=log, gate=gate))
+        (bindir / "nproc").chmod(0o755)
+        (host.home / ".ssh" / "environment").write_text(f"PATH={bindir}:/usr/local/bin:/usr/bin:/bin\n")
+        user = pwd.getpwnam(host.user)
+        for path in (bindir, bindir / "nproc", host.home / ".ssh" / "environment"):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    return log
+
+
+def most_probing_at_once(log):
+    """The most probes in progress at one time, from the order of the log's start and end lines."""
+    running = peak = 0
+    for line in log.read_text().splitlines():
+        running += 1 if line.startswith("start ") else -1
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.parametrize("parallel", [2, 5])
+def test_parallel_bounds_how_many_hosts_connect_and_probe_at_once(testbed, fresh, fleet_config, guarded_env,
+                                                                  parallel):
+    """200 boards must not mean 200 handshakes at once: at most --parallel hosts connect and probe together.
+
+    A host's connection is opened and probed inside the bound, so the probes in progress at once
+    count the hosts in that step. The meter holds each probe until `parallel` have started: the
+    bound is reached for sure, and one past it would have had the time to show.
+    """
+    hosts = fresh(6)
+    log = meter_probes(testbed, hosts, gate=parallel)
+    path = fleet_config(hosts=hosts)  # its defaults.parallel is 32: here --parallel is what bounds
+    proc, data, tasks_by_id = batch_json(path, guarded_env, "--parallel", parallel, "--task", "one")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(log.read_text().splitlines()) == sorted(f"{step} {host.user}" for host in hosts
+                                                          for step in ("start", "end"))  # each host probed once
+    assert most_probing_at_once(log) == parallel
+    assert data["connections_opened"] == 6 and tasks_by_id[1]["status"] == "ok"
 
 
 def test_pinned_tasks_run_only_on_their_host(workers, fleet_config, guarded_env, tmp_path):

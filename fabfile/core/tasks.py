@@ -245,7 +245,7 @@ def json_task(line, number, position, where):
 
 
 def checked_bytes(text, where):
-    """`agent_command.task_bytes` (empty, NUL, too long...), its error naming the line."""
+    """`task_bytes` (empty, NUL, too long...), its error naming the line."""
 
     try:
         return task_bytes(text)

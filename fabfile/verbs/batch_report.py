@@ -11,27 +11,29 @@ import json
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
-from .answers import RULE, block_body
+from .answers import NO_OUTPUT, RULE, block_body
 from ..core.report import HostReport, emit
+from ..core.scheduler import NO_HOST
 
 
+@dataclass
 class BatchReport:
-    """A batch's result: every task's final status in input order, and each host's part."""
+    """A batch's result: every task's `TaskOutcome` in input order, and each host's part (`HostReport`s)."""
 
-    verb = "batch"
+    tasks: list
+    hosts: list
+    connections_opened: int
+    duration_s: float
+    interrupted: bool = False
 
-    def __init__(self, queue, duration_s, interrupted=False):
-        self.tasks = [queue.outcomes.get(task.position) or unrecorded(task) for task in queue.tasks]
-        self.hosts = [host_report(host) for host in queue.hosts]
-        self.connections_opened = queue.connections_opened
-        self.duration_s = duration_s
-        self.interrupted = interrupted
+    verb: ClassVar[str] = "batch"
 
     @property
     def summary(self):
         """``{status: count}`` over the tasks."""
-        return dict(Counter(outcome.status for outcome in self.tasks))
+        return dict(Counter(str(outcome.status) for outcome in self.tasks))
 
     @property
     def exit_code(self):
@@ -42,7 +44,7 @@ class BatchReport:
         """The ``--json`` object: verb, tasks, hosts, summary, and what the run cost."""
         return {
             "verb": self.verb,
-            "tasks": [outcome.to_dict() for outcome in self.tasks],
+            "tasks": [task_dict(outcome) for outcome in self.tasks],
             "hosts": [host.to_dict() for host in self.hosts],
             "summary": self.summary,
             "connections_opened": self.connections_opened,
@@ -55,11 +57,10 @@ class BatchReport:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
 
 
-def unrecorded(task):
-    """The outcome of a task the queue has no status for: shown, never silently left out."""
-    from .batch import TaskOutcome, not_run
-
-    return TaskOutcome(task, not_run("no result was recorded for this task"), 0)
+def batch_report(scheduler, connections_opened, duration_s, interrupted=False):
+    """The `BatchReport` of the run `scheduler` (a `core.scheduler.Scheduler`) decided."""
+    hosts = [host_report(host) for host in scheduler.hosts]
+    return BatchReport(scheduler.results(), hosts, connections_opened, duration_s, interrupted)
 
 
 @dataclass
@@ -72,19 +73,36 @@ class BatchHostDetails:
     ncpu: int | None
 
     def to_dict(self):
+        """The fields a host's ``--json`` object adds: ``slots``, ``tasks_run``, ``load1``, ``ncpu``."""
         return asdict(self)
 
 
 def host_report(host):
-    """A host's part in the batch as a `HostReport`: its status, slots, load and tasks run."""
+    """A host's part in the batch (a `core.scheduler.HostState`) as a `HostReport` with `BatchHostDetails`."""
     ended = host.ended if host.ended is not None else host.started
     details = BatchHostDetails(host.slots, host.tasks_run, host.load1, host.ncpu)
     return HostReport(host.name, host.entry.address, host.status, max(0.0, ended - host.started), host.message, details)
 
 
+def task_dict(outcome):
+    """A task's JSON object: id, host, status, duration, output (every field, even unrun), attempts.
+
+    A task that never ran has no output; its fields are there anyway, empty,
+    so that a reader finds the same keys on every line.
+    """
+    host = outcome.report.to_dict()
+    name, address = host.pop("name"), host.pop("address")
+    data = {"id": outcome.task.id, "host": None if name == NO_HOST else name,
+            "address": None if address == NO_HOST else address}
+    data.update(host)
+    data.update({key: data.get(key, empty) for key, empty in NO_OUTPUT.to_dict().items()})
+    data["attempts"] = outcome.attempts
+    return data
+
+
 def jsonl_line(outcome):
     """One task's ``--jsonl`` line (no newline)."""
-    return json.dumps(outcome.to_dict(), ensure_ascii=False)
+    return json.dumps(task_dict(outcome), ensure_ascii=False)
 
 
 def render_batch(report, raw=False):
@@ -130,16 +148,19 @@ class ProgressPrinter:
         self.tty = hasattr(self.err, "isatty") and self.err.isatty()
         self.shown = ""
 
-    def __call__(self, new_outcomes, queue):
-        """Stream the newly final tasks (``--jsonl``) and redraw the progress line."""
+    def __call__(self, new_outcomes, run):
+        """Stream the newly final tasks (``--jsonl``) and redraw the progress line.
+
+        `run` tells how far the batch is: ``complete`` and ``counts()``.
+        """
         if self.jsonl and new_outcomes:
             self.clear()
             for outcome in new_outcomes:
                 emit(jsonl_line(outcome), self.out)
-        if self.tty and queue.complete:
+        if self.tty and run.complete:
             self.clear()  # the results come next, on stdout: they must not start on this line
         elif self.tty:
-            done, total, running, failed = queue.counts()
+            done, total, running, failed = run.counts()
             self.show(f"batch: {done}/{total} done, {running} running, {failed} failed")
 
     def show(self, text):

@@ -12,7 +12,7 @@ Three ways to pick where the task runs:
 
 A single host lacking PicoClaw is deployed to first (unless ``--no-deploy``);
 ``--ephemeral`` deploys where needed, runs, and tears the worker down again.
-The run itself -- remote command, deadline, status -- is `agent_command`'s.
+The run itself -- remote command, deadline, status -- is `host.agent`'s.
 """
 
 import threading
@@ -271,7 +271,7 @@ class Deployer:
             return self._plan
 
     def deploy(self, cxn, entry):
-        """`deployment.deploy_host` on an open connection: a `HostReport`."""
+        """`install.deploy_host` on an open connection: a `HostReport`."""
         started = time.monotonic()
         try:
             plan = self.plan()
