@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from invoke import Exit, Task, task
 
 COMMON_HELP = {
-    "config": "Fleet config file (default: $PICOCLAW_FLEET_CONFIG or ~/.openclaw/workspace/config/picoclaw-fleet.json)",
+    "config": "Fleet config file (default: $PICOCLAW_FLEET_CONFIG, else config/picoclaw-fleet.json in OpenClaw's workspace)",
     "hosts": "Hosts to act on: names, globs (pi-*), @tag or user@host[:port], comma-separated (default: all)",
     "parallel": "At most this many hosts at once (default: the config's defaults.parallel)",
     "json": "Print one JSON object on stdout instead of human output",

@@ -21,8 +21,16 @@ import jsonschema
 
 from .errors import UsageError, one_line
 
+#: The seed's default: the config inside OpenClaw's default workspace.
 DEFAULT_PATH = "~/.openclaw/workspace/config/picoclaw-fleet.json"
 ENV_PATH = "PICOCLAW_FLEET_CONFIG"
+#: Where the config sits inside an OpenClaw workspace.
+WORKSPACE_RELATIVE_PATH = Path("config", "picoclaw-fleet.json")
+#: What OpenClaw's own default workspace resolution reads (src/agents/workspace-default.ts,
+#: src/infra/home-dir.ts): an explicit workspace, the profile, and the home it resolves under.
+ENV_WORKSPACE, ENV_PROFILE, ENV_HOME = "OPENCLAW_WORKSPACE_DIR", "OPENCLAW_PROFILE", "OPENCLAW_HOME"
+#: OpenClaw's profile names (src/cli/profile-utils.ts, PROFILE_NAME_RE).
+PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}", re.I)
 SCHEMA_FILE = Path(__file__).with_name("fleet.schema.json")
 
 #: Limits on the config file itself, checked before the schema: a config is a
@@ -173,10 +181,40 @@ class FleetConfig:
         return next((h for h in self.hosts if h.name == name), None)
 
 
-def config_path(explicit=None):
-    """Where the config is: ``--config``, else ``$PICOCLAW_FLEET_CONFIG``, else the default."""
-    chosen = explicit or os.environ.get(ENV_PATH) or DEFAULT_PATH
-    return Path(chosen).expanduser()
+def config_path(explicit=None, environ=None):
+    """Where the config is: ``--config``, else ``$PICOCLAW_FLEET_CONFIG``, else in OpenClaw's workspace.
+
+    The workspace is the one OpenClaw itself uses by default (`openclaw_workspace`),
+    so an agent under a profile or a custom workspace finds its own fleet.
+    """
+    environ = os.environ if environ is None else environ
+    chosen = explicit or environ.get(ENV_PATH)
+    if chosen:
+        return Path(chosen).expanduser()
+    return openclaw_workspace(environ) / WORKSPACE_RELATIVE_PATH
+
+
+def openclaw_workspace(environ=None):
+    """OpenClaw's default agent workspace, resolved as OpenClaw resolves it.
+
+    ``$OPENCLAW_WORKSPACE_DIR`` when set; else, under the home (``$OPENCLAW_HOME``,
+    else ``~``), ``.openclaw/workspace-<profile>`` for ``$OPENCLAW_PROFILE`` (any
+    profile but ``default``), else ``.openclaw/workspace``. Blank values count as
+    unset; ``~`` is this process's home. A profile OpenClaw would refuse (it
+    could name a path outside ``.openclaw``) is a `UsageError`.
+    """
+    environ = os.environ if environ is None else environ
+    workspace = environ.get(ENV_WORKSPACE, "").strip()
+    if workspace:
+        return Path(workspace).expanduser().absolute()
+    home = Path(environ.get(ENV_HOME, "").strip() or "~").expanduser().absolute()
+    profile = environ.get(ENV_PROFILE, "").strip()
+    if not profile or profile.lower() == "default":
+        return home / ".openclaw" / "workspace"
+    if not PROFILE_NAME.fullmatch(profile):
+        raise UsageError(f"${ENV_PROFILE} {quoted(profile)} is not an OpenClaw profile name "
+                         "(letters, digits, _ and -, at most 64): fix it, or pass --config FILE")
+    return home / ".openclaw" / f"workspace-{profile}"
 
 
 def path_exists(path):
