@@ -1,7 +1,7 @@
 # picoclaw-fleet: `make demo` runs a throwaway local fleet end to end; `make test` runs the tests.
 # Both bootstrap what they need on a fresh machine: a venv in .venv, and OpenSSH's
 # server and iproute2 (apt-get) when missing. The tests start their own sshd on 127.0.0.1,
-# inside a network namespace that has nothing but loopback (tests/in_loopback_netns).
+# inside a network namespace that has nothing but loopback (harness/in_loopback_netns).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test sshd venv
 test: venv sshd
-	tests/in_loopback_netns $(PY) -m pytest $(PYTEST_ARGS)
+	harness/in_loopback_netns $(PY) -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -59,8 +59,16 @@ $(BENCH_EXTRAS)/.installed: bench/requirements.txt $(STAMP)
 	touch $@
 
 lint: $(LINT_STAMP)
-	$(PY) -m pyflakes fabfile tests tasks.py $(wildcard demo bench)
+	$(PY) -m pyflakes fabfile harness tests tasks.py $(wildcard demo bench)
 	$(VENV)/bin/lint-imports
 $(LINT_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[lint]'
 	touch $(LINT_STAMP)
+
+# The OpenClaw skill as ClawHub gets it, built into dist/skill/picoclaw-fleet: SKILL.md, its
+# runner and the program (never tests, bench or demo), checked against pyproject.toml, then
+# the exact list of files `clawhub skill publish` would upload from it.
+SKILL_OUT := dist/skill/picoclaw-fleet
+.PHONY: skill
+skill:
+	$(PYTHON) skill/build.py --out $(SKILL_OUT)

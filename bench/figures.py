@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fabfile.host.agent import agent_command
-from tests import testbed as tb
+from harness.standin import build_standin
+from harness.testbed import DEFAULT_PATH, installed_binary
 
 from . import baselines, verbs
 from .fleet import TIMEOUT_S, VERSION
@@ -102,8 +103,9 @@ def figure_dispatch(bench):
         Row("1e", f"dispatch --all, {n}", s["ours"], s["tg_same"], "ThreadingGroup.run(same remote command)",
             Goal("ratio", "<=", 1.2)),
     ]
-    rows[0].notes.append(f"parallel={parallel} for every side; the task runs the stand-in picoclaw "
-                         f"({standin_kind(bench)}) on each host, the baselines run 'true'")
+    kind = standin_kind(installed_binary(hosts[0]), hosts[0])
+    rows[0].notes.append(f"parallel={parallel} for every side; the task runs the stand-in picoclaw ({kind}) on each "
+                         "host, the baselines run 'true'")
     rows[3].notes.append("the CLI row includes interpreter start, imports and config parsing (figure 5)")
     agent_ms = remote_command_cpu_ms(agent_command(TIMEOUT_S), hosts[0], text.encode())
     true_ms = remote_command_cpu_ms("true", hosts[0])
@@ -194,8 +196,7 @@ def figure_deploy(bench):
 def first_deploy_row(bench, hosts):
     """Figure 3c: ``deploy --from-file`` of a big stand-in to clean hosts vs parallel-ssh ``copy_file``."""
     size_mb = bench.options.big_mb
-    big = tb.build_standin(bench.workdir / "big" / "picoclaw", VERSION, pad_bytes=int(size_mb * 1024 * 1024),
-                           native=bench.fleet.native)
+    big = build_standin(bench.workdir / "big" / "picoclaw", VERSION, pad_bytes=int(size_mb * 1024 * 1024))
     config = bench.fleet.config("deploy-big", hosts, bench.parallel(hosts))
     what = f"first deploy of a {size_mb:g} MB binary, {len(hosts)} hosts"
     if not bench.have_pssh:
@@ -221,16 +222,15 @@ def first_deploy_row(bench, hosts):
     checks = cpu_seconds(per_host, hosts[0]) * len(hosts)
     row.notes.append(f"ours also verifies on each host (sha256sum of the upload, the new binary's 'version', "
                      f"then onboard) and writes .env; the copy only copies. Those checks alone cost {checks:.1f} "
-                     f"CPU-s over {len(hosts)} hosts here (the {size_mb:g} MB stand-in: {standin_kind(bench)}); "
+                     f"CPU-s over {len(hosts)} hosts here (the {size_mb:g} MB stand-in: {standin_kind(big, hosts[0])}); "
                      "the hosts share this machine's CPUs")
     return row
 
 
-def standin_kind(bench):
-    """How the hosts' stand-in PicoClaw is made, for the notes (``--standin``)."""
-    if bench.fleet.native:
-        return "a POSIX sh script, as quick to start as the real Go binary"
-    return "a Python script, ~15 ms of CPU per start"
+def standin_kind(binary, host):
+    """What the hosts' PicoClaw is, for the notes: the harness's one stand-in, and what a start costs here."""
+    start_ms = cpu_seconds([[str(binary), "version"]] * 5, host) / 5 * 1000
+    return f"the harness's Python stand-in, {start_ms:.0f} ms of CPU per 'version'"
 
 
 def cpu_seconds(commands, host, stdin=b""):
@@ -243,7 +243,7 @@ def cpu_seconds(commands, host, stdin=b""):
     """
     import resource
 
-    env = {"PATH": tb.DEFAULT_PATH, "HOME": str(host.home), "LANG": "C.UTF-8"}
+    env = {"PATH": DEFAULT_PATH, "HOME": str(host.home), "LANG": "C.UTF-8"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     for argv in commands:
         subprocess.run(argv, env=env, cwd=host.home, input=stdin, capture_output=True, check=True, timeout=60)
@@ -293,7 +293,8 @@ def figure_batch(bench):
     ]
     task_ms = remote_command_cpu_ms(agent_command(TIMEOUT_S), hosts[0], tasks[0].encode(), runs=3)
     floor = count * task_ms / 1000 / os.cpu_count()
-    rows[0].notes.append(f"each task costs {task_ms:.0f} ms of CPU on its host (stand-in: {standin_kind(bench)}); "
+    kind = standin_kind(installed_binary(hosts[0]), hosts[0])
+    rows[0].notes.append(f"each task costs {task_ms:.0f} ms of CPU on its host (stand-in: {kind}); "
                          f"{count} of them need >= {floor:.2f} s of this machine's {os.cpu_count()} CPUs before any "
                          f"SSH work, against the {ideal * 1.2:.2f} s the goal allows")
     rows[2].notes.append("isolates our own cost: the baseline deals the same tasks out evenly in advance and "

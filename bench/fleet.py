@@ -2,15 +2,16 @@
 
 User creation is the slow part of a testbed (one ``useradd`` per host), so
 the largest fleet any figure needs is created once and the figures take
-subsets of it. Everything here is the tests' own code (`tests.testbed`,
-`tests.release_server`), imported, never copied.
+subsets of it. Everything here is the harness the tests use (`harness.testbed`,
+`harness.release_server`, `harness.standin`), imported, never copied.
 """
 
 import json
 import shutil
 from pathlib import Path
 
-from tests import testbed as tb
+from harness.standin import standin_archive
+from harness.testbed import Testbed
 
 #: What the bench publishes on its fake GitHub, and the version it installs.
 RELEASE_REPO = "bench/picoclaw"
@@ -26,27 +27,23 @@ TIMEOUT_S = 120
 class BenchFleet:
     """A running testbed with `size` sim hosts, configs over subsets, and a fake release server."""
 
-    def __init__(self, size, workdir, native=True):
+    def __init__(self, size, workdir):
         self.size = size
-        #: The sh stand-in, as cheap to start as the real Go binary: the sim
-        #: hosts share the controller's CPUs, and the Python stand-in's start-up
-        #: would be measured instead of picoclaw-fleet.
-        self.native = native
         self.workdir = Path(workdir)
-        self.testbed = tb.Testbed(record_commands=False)
+        self.testbed = Testbed(record_commands=False)
         self.release_server = None
         self.hosts = []
 
     def start(self):
         """Start sshd, create the users, and publish the stand-in release."""
-        from tests.release_server import ReleaseServer
+        from harness.release_server import ReleaseServer
 
         self.testbed.start()
         self.hosts = self.testbed.add_hosts(self.size, prefix="b")
         self.known_hosts = self.workdir / "known_hosts"
         self.known_hosts.write_text(self.testbed.host_key_line() + "\n")
         self.release_server = ReleaseServer().start()
-        self.release_server.publish(RELEASE_REPO, f"v{VERSION}", {ASSET: tb.standin_archive(VERSION, native=self.native)})
+        self.release_server.publish(RELEASE_REPO, f"v{VERSION}", {ASSET: standin_archive(VERSION)})
         return self
 
     def stop(self):
@@ -73,7 +70,7 @@ class BenchFleet:
     def install_standin(self, hosts):
         """Put the stand-in PicoClaw on `hosts` directly (no SSH), like a previous deploy would."""
         for host in hosts:
-            self.testbed.install_standin(host, VERSION, native=self.native)
+            self.testbed.install_standin(host, VERSION)
 
     def wipe(self, hosts):
         """Remove what a deploy leaves (binary, ~/.picoclaw), so the next deploy is a first one."""

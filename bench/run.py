@@ -5,7 +5,7 @@
     python bench/run.py --only 1,5     # some figures only
 
 Starts a real sshd on 127.0.0.1 with one Unix user per simulated host (the
-test suite's `Testbed`; needs root), measures the six figures, prints the
+harness's `Testbed`, as the tests use it; needs root), measures the six figures, prints the
 table and writes ``bench/results.json``. Everything it created is removed at
 the end, also after an error or Ctrl-C. Exit status: 0 when every figure was
 measured (goals met or not: the numbers are the output), 1 when a figure
@@ -22,12 +22,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__" and sys.path[0] == str(ROOT / "bench"):
-    sys.path[0] = str(ROOT)  # run as a script: import bench.* and tests.* as packages, not bench/'s modules
+    sys.path[0] = str(ROOT)  # run as a script: import bench.* and harness.* as packages, not bench/'s modules
 
 from bench.figures import FIGURES, Bench  # noqa: E402
 from bench.fleet import API_KEY_ENV, DUMMY_KEY, BenchFleet  # noqa: E402
 from bench.results import Row, render, write_json  # noqa: E402
-from tests import testbed as tb  # noqa: E402
+from harness.loopback import guarded_env, install_loopback_guard  # noqa: E402
 
 #: Where ``make bench`` installs bench-only packages (parallel-ssh): never the product's venv itself.
 EXTRAS = ROOT / ".venv" / "bench-extras"
@@ -44,9 +44,6 @@ def parse_options(argv=None):
     parser.add_argument("--rss-hosts", type=int, default=256, help="hosts for figure 6 (default 256)")
     parser.add_argument("--big-mb", type=float, default=15, help="size of the first-deploy binary, MB (default 15)")
     parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated figures to run (default all)")
-    parser.add_argument("--standin", choices=("native", "python"), default="native",
-                        help="stand-in PicoClaw on the hosts: 'native' (sh; starts as fast as the real Go binary, "
-                             "default) or 'python' (the tests' one; ~15 ms of host CPU per start)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="where to write JSON")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: --hosts 4 --reps 1 --batch-hosts 4 --batch-tasks 16 --rss-hosts 8 --big-mb 1")
@@ -76,7 +73,7 @@ def use_bench_extras():
 
 def child_env(workdir):
     """Environment for the CLI children: loopback guard, the dummy key, a private download cache."""
-    env = tb.guarded_env()
+    env = guarded_env()
     env[API_KEY_ENV] = DUMMY_KEY
     env["XDG_CACHE_HOME"] = str(workdir / "cache")
     env["PICOCLAW_FLEET_CONFIG"] = str(workdir / "no-such-config.json")  # never the user's own fleet
@@ -103,7 +100,7 @@ def main(argv=None):
     unknown = [f for f in options.only if f not in FIGURES]
     if unknown:
         sys.exit(f"bench: unknown figure(s) {', '.join(unknown)}: choose from {', '.join(FIGURES)}")
-    tb.install_loopback_guard()  # this process talks to 127.0.0.1 only, whatever a bug says
+    install_loopback_guard()  # this process talks to 127.0.0.1 only, whatever a bug says
     have_pssh = use_bench_extras()
     size = max([options.hosts] + [options.batch_hosts] * ("4" in options.only) + [options.rss_hosts] * ("6" in options.only))
     started, load_at_start = time.time(), os.getloadavg()[0]
@@ -111,7 +108,7 @@ def main(argv=None):
         workdir = Path(tmp)
         env = child_env(workdir)
         os.environ.update({k: env[k] for k in (API_KEY_ENV, "XDG_CACHE_HOME", "PICOCLAW_FLEET_CONFIG")})
-        fleet = BenchFleet(size, workdir, native=options.standin == "native")
+        fleet = BenchFleet(size, workdir)
         try:
             print(f"bench: creating {size} sim hosts on a private sshd ...", file=sys.stderr, flush=True)
             fleet.start()

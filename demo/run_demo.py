@@ -3,10 +3,10 @@
 
 What it builds (all on 127.0.0.1, all removed at the end):
   * a private sshd with three simulated hosts -- one throwaway Unix user each
-    (the tests' `Testbed`);
+    (the harness's `Testbed`, as the tests use it);
   * a local stand-in for GitHub's releases API publishing the *stand-in*
     picoclaw (a small Python script that echoes its task), not the real binary
-    (the tests' `ReleaseServer`);
+    (the harness's `ReleaseServer`);
   * a private HOME with an ~/.ssh/config naming the three hosts, a fleet
     config, a download cache and a dummy API key.
 
@@ -29,8 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests import testbed as tb  # noqa: E402  (the repo root must be importable first)
-from tests.release_server import ReleaseServer  # noqa: E402
+from harness.loopback import guarded_env, install_loopback_guard  # noqa: E402  (the repo root must be importable first)
+from harness.release_server import ReleaseServer  # noqa: E402
+from harness.standin import standin_archive  # noqa: E402
+from harness.testbed import Testbed  # noqa: E402
 
 FAB = str(Path(sys.executable).with_name("fab"))
 HOSTS = ("pi-1", "pi-2", "pi-3")
@@ -96,7 +98,7 @@ def build_world(bed, server, workdir):
     server.publish(
         "sipeed/picoclaw",
         f"v{STANDIN_VERSION}",
-        {f"picoclaw_{arch}.tar.gz": tb.standin_archive(STANDIN_VERSION, arch) for arch in RELEASE_ARCHES},
+        {f"picoclaw_{arch}.tar.gz": standin_archive(STANDIN_VERSION, arch) for arch in RELEASE_ARCHES},
     )
     home = workdir / "home"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
@@ -106,7 +108,7 @@ def build_world(bed, server, workdir):
         for name, host in zip(HOSTS, hosts)
     )
     (home / ".ssh" / "config").write_text(ssh_config)
-    env = tb.guarded_env()
+    env = guarded_env()
     for name in ("SSH_AUTH_SOCK", "PICOCLAW_FLEET_CONFIG", "PROVIDER", "API_KEY_ENV", "GITHUB_TOKEN"):
         env.pop(name, None)
     env.update(
@@ -193,8 +195,8 @@ def main():
         return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, raise_interrupted)
-    tb.install_loopback_guard()
-    bed, server = tb.Testbed(), ReleaseServer()
+    install_loopback_guard()
+    bed, server = Testbed(), ReleaseServer()
     workdir = Path(tempfile.mkdtemp(prefix="picoclaw-demo-"))
     code = 1
     try:

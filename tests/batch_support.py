@@ -8,7 +8,7 @@ import json
 import signal
 import subprocess
 
-from tests.deploy_support import FAB, REPO
+from harness.cli import FAB, REPO
 from tests.test_dispatch import agent_processes, wait_until  # noqa: F401 (shared with the batch tests)
 
 #: Only there to stop a hung run from hanging the suite; no test measures time.

@@ -1,26 +1,48 @@
-"""Shared pytest fixtures: the SSH testbed, fault helpers and the loopback guard.
+"""Shared pytest fixtures: the SSH testbed, fault helpers, the release server and the loopback guard.
 
 Kept generic on purpose; verb-specific fixtures belong next to their tests.
+What the fixtures are made of lives in harness/ (shared with bench/ and demo/).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests import testbed as tb
+from fabfile.host.release import DownloadCache
+from harness import faults, loopback, standin
+from harness.release_server import ReleaseServer
+from harness.system import Unsupported
+from harness.testbed import SimHost, Testbed
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    """A harness fault this machine cannot make (no mount namespace, no tmpfs) skips the test, saying why."""
+    try:
+        return (yield)
+    except Unsupported as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    except Unsupported as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def loopback_guard():
     """Refuse non-loopback connects in the pytest process for the whole run,
     so a product bug cannot send traffic off-box."""
-    tb.install_loopback_guard()
+    loopback.install_loopback_guard()
 
 
 @pytest.fixture
 def guarded_env() -> dict:
     """os.environ copy whose Python subprocesses (e.g. the CLI) load the guard."""
-    return tb.guarded_env()
+    return loopback.guarded_env()
 
 
 @pytest.fixture
@@ -38,7 +60,7 @@ def home_env(tmp_path, guarded_env) -> dict:
 @pytest.fixture(scope="session")
 def testbed():
     """One real sshd with command recording, shared by the session."""
-    bed = tb.Testbed(record_commands=True)
+    bed = Testbed(record_commands=True)
     try:
         yield bed.start()
     finally:
@@ -46,7 +68,7 @@ def testbed():
 
 
 @pytest.fixture(scope="session")
-def sim_hosts(testbed) -> list[tb.SimHost]:
+def sim_hosts(testbed) -> list[SimHost]:
     """Four healthy sim hosts (h00..h03).  Shared: tests that change a host's
     state should create their own with testbed.add_hosts()."""
     return testbed.add_hosts(4)
@@ -73,17 +95,30 @@ def fleet_config(testbed, sim_hosts, tmp_path):
 @pytest.fixture
 def silent_listener():
     """A 127.0.0.1 port that accepts TCP and never sends an SSH banner."""
-    with tb.SilentListener() as listener:
+    with faults.SilentListener() as listener:
         yield listener
 
 
 @pytest.fixture
 def closed_port() -> int:
     """A 127.0.0.1 port where connecting is refused."""
-    return tb.closed_port()
+    return faults.closed_port()
 
 
 @pytest.fixture(scope="session")
 def standin_path(tmp_path_factory):
     """A locally runnable stand-in picoclaw (version 0.1.0)."""
-    return tb.build_standin(tmp_path_factory.mktemp("standin") / "picoclaw")
+    return standin.build_standin(tmp_path_factory.mktemp("standin") / "picoclaw")
+
+
+@pytest.fixture
+def server():
+    """A release server with nothing published (modules that need releases publish them, or override this)."""
+    with ReleaseServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def cache(tmp_path):
+    """deploy's download cache, private to the test."""
+    return DownloadCache(tmp_path / "cache")

@@ -21,11 +21,11 @@ import pytest
 from fabfile.core.tasks import check_pins, read_tasks
 from fabfile.core.config import HostEntry
 from fabfile.core.errors import UsageError
+from harness.cli import drain_terminal
 from tests.batch_support import (
     FAB, REPO, RUN_LIMIT_S, agent_processes, batch, batch_json, interrupt, jsonl_file, no_task_left_running,
     running_tasks, set_max_tasks, start_batch, wait_until,
 )
-from tests.testbed import drain_terminal
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from collections import Counter
 
-from tests import testbed as tb
+from harness.sshd import SshdServer
 from tests.batch_support import (
     agent_processes, batch_json, interrupt, jsonl_file, no_task_left_running, set_max_tasks, start_batch, wait_until,
 )
@@ -173,7 +173,7 @@ def test_a_host_without_picoclaw_is_dropped_and_its_pinned_tasks_say_so(testbed,
     assert (hosts[bare.name]["status"], hosts[bare.name]["tasks_run"]) == ("not-installed", 0)
 
 
-class LimitedSshd(tb.SshdServer):
+class LimitedSshd(SshdServer):
     """An sshd for the testbed's users that holds only two sessions per connection."""
 
     def config_text(self):

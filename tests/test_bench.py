@@ -33,7 +33,7 @@ def quick_run(tmp_path_factory, guarded_env_module):
 
 @pytest.fixture(scope="module")
 def guarded_env_module():
-    from tests.testbed import guarded_env
+    from harness.loopback import guarded_env
 
     return guarded_env()
 

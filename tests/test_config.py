@@ -13,7 +13,7 @@ import pytest
 from fabfile.core import config as fleet_config_module
 from fabfile.core.config import TEMPLATE, config_path, load_config, select_hosts
 from fabfile.core.errors import UsageError
-from tests.testbed import FAB, REPO
+from harness.cli import FAB, REPO
 
 
 
@@ -380,7 +380,7 @@ def test_template_cannot_be_written_under_a_file(tmp_path, guarded_env):
 
 
 def test_template_cannot_be_written_in_a_read_only_directory(tmp_path, guarded_env):
-    from tests.readonly_support import run_with_read_only
+    from harness.faults import run_with_read_only
 
     directory = tmp_path / "ro"
     directory.mkdir()

@@ -9,15 +9,9 @@ measures time: each checks what the product reports, and that it reports.
 """
 
 import json
-import os
-import pwd
-import secrets
-import signal
 import socket
 import subprocess
 import threading
-import time
-from pathlib import Path
 
 import paramiko
 import pytest
@@ -26,8 +20,8 @@ from fabfile.core.config import load_config
 from fabfile.ssh.fanout import fan_out
 from fabfile.core.context import RunContext
 from fabfile.verbs.status import status_report
-from tests.readonly_support import run_with_read_only
-from tests.testbed import FAB, REPO
+from harness.cli import FAB, REPO
+from harness.faults import FrozenSshd, run_with_read_only
 
 
 def fab(args, env):
@@ -234,71 +228,11 @@ def test_paramiko_logs_nothing_through_the_root_logger(listener, fleet_config, t
 # --- a real sshd, frozen --------------------------------------------------------------------------
 
 
-def descendants(pid):
-    """`pid` and every process below it (sshd forks one or two per connection)."""
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
-
-
-def user_ids(sim):
-    entry = pwd.getpwnam(sim.user)
-    return entry.pw_uid, entry.pw_gid
-
-
-def owner(pid):
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
-
-
 @pytest.fixture
 def frozen_sshd(testbed):
-    """Factory: a second real sshd for the sim users, and `freeze()` that SIGSTOPs it with its children."""
-    server = testbed.new_server(f"sshd-frozen-{secrets.token_hex(3)}")
-    server.start()
-    stopped = []
-
-    def freeze(user=None):
-        """SIGSTOP the listener and everything below it; with `user`, first wait for that
-        user's session process (sshd forks it just after authentication succeeds)."""
-        listener_pid = int(server.pid_file.read_text())
-        pids = descendants(listener_pid)
-        if user is not None:
-            uid = user_ids(user)[0]
-            for _ in range(1000):
-                if any(owner(pid) == uid for pid in pids):
-                    break
-                time.sleep(0.01)
-                pids = descendants(listener_pid)
-            else:
-                raise AssertionError(f"no session process of {user.user} under sshd {listener_pid}")
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        stopped.extend(pids)
-        return pids
-
-    server.freeze = freeze
-    yield server
-    for pid in stopped:
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-    server.stop()
+    """A second real sshd for the sim users, whose `freeze()` SIGSTOPs it with its children."""
+    with FrozenSshd(testbed) as server:
+        yield server
 
 
 def test_status_reports_a_frozen_sshd_unreachable_and_the_others_ok(

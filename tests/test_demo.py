@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed import REPO
+from harness.cli import REPO
 
 DEMO = REPO / "demo" / "run_demo.py"
 TIMEOUT = 900

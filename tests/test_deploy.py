@@ -19,19 +19,11 @@ from fabfile.ssh.fanout import fan_out
 from fabfile.host.install import deploy_host, deploy_plan
 from fabfile.core.errors import UsageError
 from fabfile.host.release import extract_binary
-from tests.deploy_support import (
-    API_KEY,
-    FAB,
-    RELEASE_REPO,
-    REPO,
-    env_file,
-    fab,
-    fab_json,
-    installed_binary,
-    set_machine,
-)
-from tests.release_server import ReleaseServer
-from tests.testbed import build_standin, standin_archive
+from harness.cli import API_KEY, FAB, REPO, fab, fab_json
+from harness.release_server import RELEASE_REPO, ReleaseServer
+from harness.shims import set_machine
+from harness.standin import build_standin, standin_archive
+from harness.testbed import env_file, installed_binary
 
 import yaml
 

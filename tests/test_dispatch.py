@@ -18,11 +18,11 @@ import pytest
 from fabfile.host import agent as agent_command
 from fabfile.core.tasks import MAX_TASK_BYTES, task_bytes
 from fabfile.host.agent import agent_command as remote_command, run_agent
-from tests.deploy_support import (
-    API_KEY, FAB, RELEASE_REPO, connect, env_file, fab, fab_json, installed_binary, set_path,
-)
-from tests.release_server import ReleaseServer
-from tests.testbed import standin_archive
+from harness.cli import API_KEY, FAB, connect, fab, fab_json
+from harness.release_server import RELEASE_REPO, ReleaseServer
+from harness.shims import set_path
+from harness.standin import standin_archive
+from harness.testbed import env_file, installed_binary
 
 #: Generous bound for waiting on a host's processes to go: only there to avoid a hang.
 SETTLE_S = 20

@@ -32,12 +32,13 @@ from pathlib import Path
 import pytest
 from invoke import ParseError
 
-from tests import testbed as tb
-from tests.release_server import ReleaseServer
-from tests.testbed import REPO
+from harness.cli import REPO
+from harness.release_server import ReleaseServer
+from harness.standin import standin_archive
 
 BIN = Path(sys.executable).parent
-DOCS = ("SKILL.md", "README.md")
+SKILL_MD = "skill/picoclaw-fleet/SKILL.md"
+DOCS = (SKILL_MD, "README.md")
 PROGRAMS = {"fab", "invoke", "inv", "picoclaw-fleet", "make"}
 FLEET_VERBS = {"init", "status", "deploy", "dispatch", "batch", "teardown"}
 DOC_HOSTS = ("pi-1", "pi-2", "pi-3")
@@ -229,7 +230,7 @@ def doc_fleet(testbed, tmp_path_factory):
     (workdir / "tasks.jsonl").write_text('{"id": "disk", "task": "Check the disk"}\n'
                                          '{"id": "load", "task": "Check the load", "host": "pi-2"}\n')
     with ReleaseServer() as server:
-        server.publish("sipeed/picoclaw", "v0.5.0", {f"picoclaw_{arch}.tar.gz": tb.standin_archive("0.5.0", arch)
+        server.publish("sipeed/picoclaw", "v0.5.0", {f"picoclaw_{arch}.tar.gz": standin_archive("0.5.0", arch)
                                                          for arch in ("Linux_x86_64", "Linux_arm64")})
         config = testbed.fleet_config(hosts, github_api=server.url, known_hosts=str(workdir / "known_hosts"))
         for entry in config["hosts"]:
@@ -257,7 +258,7 @@ def reset_to_deployed(testbed, hosts):
 
 
 def test_skill_md_is_an_openclaw_skill():
-    text = (REPO / "SKILL.md").read_text()
+    text = (REPO / SKILL_MD).read_text()
     match = re.match(r"^---\n(.*?)\n---\n", text, re.S)
     assert match, "SKILL.md must start with YAML frontmatter between --- lines"
     front = match.group(1)
@@ -271,7 +272,7 @@ def test_skill_md_is_an_openclaw_skill():
 
 def test_docs_show_enough_commands_to_matter():
     commands = documented_commands()
-    skill = [argv for doc, argv in commands if doc == "SKILL.md"]
+    skill = [argv for doc, argv in commands if doc == SKILL_MD]
     assert len(skill) >= 8
     assert {verb_of(argv) for argv in skill} >= FLEET_VERBS
     assert sum(runnable(argv) for argv in skill) >= 6

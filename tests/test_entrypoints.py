@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import testbed as tb
-from tests.release_server import ReleaseServer
-from tests.testbed import REPO
+from harness.cli import REPO
+from harness.release_server import ReleaseServer
+from harness.standin import standin_archive
 
 BIN = Path(sys.executable).parent
 FAB, INVOKE, CONSOLE = str(BIN / "fab"), str(BIN / "invoke"), str(BIN / "picoclaw-fleet")
@@ -50,7 +50,7 @@ def project_version():
 def release_server():
     with ReleaseServer() as server:
         server.publish("sipeed/picoclaw", "v0.3.0",
-                       {f"picoclaw_{arch}.tar.gz": tb.standin_archive("0.3.0", arch)
+                       {f"picoclaw_{arch}.tar.gz": standin_archive("0.3.0", arch)
                         for arch in ("Linux_x86_64", "Linux_arm64")})
         yield server
 

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 
-from tests.deploy_support import FAB, fab, fab_json
+from harness.cli import FAB, fab, fab_json
 from tests.test_dispatch import agent_processes, wait_until
 
 

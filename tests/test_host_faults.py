@@ -6,9 +6,6 @@ after the handshake (a board that wedges), a task prints 50 MB, a disk is a
 """
 
 import os
-import signal
-import subprocess
-import time
 
 import pytest
 
@@ -17,39 +14,12 @@ from fabfile.core.tasks import task_bytes
 from fabfile.host.agent import CAPTURE_BYTES, run_agent
 from fabfile.ssh.deadlines import HostStalled
 from fabfile.host.facts import probe_host
-from tests.deploy_support import API_KEY, connect, fab_json, set_machine
-from tests.testbed import build_standin
+from harness.cli import API_KEY, connect, fab_json
+from harness.faults import freeze_host, mount_tmpfs, thaw_and_kill, unmount
+from harness.shims import set_machine
+from harness.standin import build_standin
 
 LOBSTER = b"\n\xf0\x9f\xa6\x9e "
-
-
-def user_pids(host):
-    """The host's processes: its sshd session process (running as the user) and what it runs."""
-    found = subprocess.run(["pgrep", "-u", host.user], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in found]
-
-
-def freeze(host):
-    """SIGSTOP every process of the host's user: the connection stays open, nothing answers."""
-    for _ in range(100):  # sshd forks the user's session process just after authentication
-        pids = user_pids(host)
-        if pids:
-            break
-        time.sleep(0.05)
-    assert pids, "no session process to freeze"
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    return pids
-
-
-def thaw_and_kill(testbed, host, pids):
-    for pid in pids:
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-    testbed.cut(host)
 
 
 @pytest.fixture
@@ -61,7 +31,7 @@ def frozen(testbed):
         [host] = testbed.add_workers(1, prefix="fz")
         cxn = connect(testbed, host, connect_timeout=1)  # every step may then be silent 3 s
         cxn.open()
-        made.append((cxn, host, freeze(host)))
+        made.append((cxn, host, freeze_host(host)))
         return cxn, host
 
     yield make
@@ -92,7 +62,7 @@ def test_sftp_on_an_open_session_stalls_when_the_host_freezes(testbed, size, exp
     cxn = connect(testbed, host, connect_timeout=1)
     cxn.open()
     remote_files.sftp(cxn)
-    pids = freeze(host)
+    pids = freeze_host(host)
     try:
         with pytest.raises(HostStalled) as stalled:
             remote_files.write_if_changed(cxn, ".picoclaw/x", b"y" * size, 0o600)
@@ -167,19 +137,12 @@ def tiny_disk(testbed):
     [host] = testbed.add_hosts(1, prefix="fd")
     target = host.home / ".local" / "bin"
     testbed.run_as(host, "mkdir -p ~/.local/bin")
-    uid = target.stat().st_uid
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=64k,uid={uid},mode=0755", "tmpfs", str(target)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    mount_tmpfs(target, "64k", target.stat().st_uid)  # a skip where this machine cannot
     try:
         yield host
     finally:
         testbed.cut(host)
-        for _ in range(50):
-            if subprocess.run(["umount", str(target)], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
+        unmount(target)
 
 
 def test_deploy_to_a_full_disk_says_no_space_left(testbed, tiny_disk, fleet_config, guarded_env, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fabfile.core.config import TEMPLATE, load_config
-from tests.testbed import FAB, REPO
+from harness.cli import FAB, REPO
 
 
 
@@ -343,8 +343,8 @@ def test_init_cannot_write_under_a_file(tmp_path, home_env):
 
 
 def test_init_cannot_write_in_a_read_only_directory(tmp_path, home_env):
-    from tests.readonly_support import run_with_read_only
-    from tests.testbed import FAB
+    from harness.cli import FAB
+    from harness.faults import run_with_read_only
 
     directory = tmp_path / "ro"
     directory.mkdir()

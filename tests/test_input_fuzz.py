@@ -40,7 +40,7 @@ from fabfile.core.tasks import MAX_LINE_BYTES, MAX_TASKS, read_tasks
 from fabfile.cli import make_program
 from fabfile.ssh.connections import FleetConnection
 from fabfile.core.errors import UsageError
-from tests.testbed import FAB, REPO
+from harness.cli import FAB, REPO
 
 FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

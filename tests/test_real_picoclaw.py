@@ -1,6 +1,6 @@
 """The REAL PicoClaw, deployed and driven through our CLI, against a fake LLM on 127.0.0.1.
 
-Only ever inside a loopback-only network namespace (see tests/real_picoclaw.py):
+Only ever inside a loopback-only network namespace (see harness/real_picoclaw.py):
 the fixtures skip these tests anywhere else (and fail them when $CI is set).
 Run them as `make test` does::
 
@@ -25,16 +25,16 @@ import pytest
 
 # The harness is also registered as a plugin (its fixtures) below; have it
 # assertion-rewritten like a conftest before its first import here.
-pytest.register_assert_rewrite("tests.real_picoclaw", "tests.fake_llm")
+pytest.register_assert_rewrite("harness.real_picoclaw", "harness.fake_llm")
 
-from tests.fake_llm import ANSWER_PREFIX, FakeLLM  # noqa: E402
-from tests.real_picoclaw import (  # noqa: E402
+from harness.fake_llm import ANSWER_PREFIX, FakeLLM  # noqa: E402
+from harness.real_picoclaw import (  # noqa: E402
     API_KEY, ARCHIVE_NAME, MODEL_ID, MODEL_NAME, NEW_TAG, OLD_TAG, RELEASE_REPO, binary_path, config_path,
     install_real_binary, picoclaw_dir, publish_real, read_security, security_path, session_files, sessions_dir,
     shown, write_picoclaw_config,
 )
 
-pytest_plugins = ["tests.real_picoclaw"]
+pytest_plugins = ["harness.real_picoclaw"]
 
 OLD_VERSION = OLD_TAG[1:]
 NEW_VERSION = NEW_TAG[1:]

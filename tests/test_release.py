@@ -1,6 +1,6 @@
 """Release resolution, asset choice, checksums and the download cache (fabfile/host/release.py).
 
-Everything network-shaped runs against tests/release_server.py, a real HTTP
+Everything network-shaped runs against harness/release_server.py, a real HTTP
 server on 127.0.0.1 playing GitHub's API.
 """
 
@@ -19,7 +19,6 @@ from fabfile.host.release import (
     UNVERIFIED_REFUSED,
     Asset,
     AssetProblem,
-    DownloadCache,
     Progress,
     Release,
     ReleaseBinaries,
@@ -33,8 +32,8 @@ from fabfile.host.release import (
     release_binaries,
     resolve_release,
 )
-from tests.release_server import ReleaseServer
-from tests.testbed import drain_terminal, standin_archive
+from harness.cli import drain_terminal
+from harness.standin import standin_archive
 
 REPO = "sipeed/picoclaw"
 GORELEASER = ["picoclaw_Linux_x86_64.tar.gz", "picoclaw_Linux_arm64.tar.gz", "picoclaw_Linux_riscv64.tar.gz",
@@ -54,17 +53,6 @@ def upstream_assets(version="0.2.0"):
 
 def sha(data):
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def server():
-    with ReleaseServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return DownloadCache(tmp_path / "cache")
 
 
 def binaries_for(server, cache, tag=None, token=None, allow_unverified=False):
@@ -240,7 +228,7 @@ def test_bad_credentials_and_other_errors(server):
 
 
 def test_unreachable_api_is_a_release_error():
-    from tests.testbed import closed_port
+    from harness.faults import closed_port
 
     with pytest.raises(ReleaseError, match="cannot reach the GitHub API"):
         resolve_release(f"http://127.0.0.1:{closed_port()}", REPO)

@@ -1,6 +1,6 @@
 """Release downloads under hostile or broken servers: deadlines, byte caps, memory, verification.
 
-Everything runs against tests/release_server.py, a real HTTP server on
+Everything runs against harness/release_server.py, a real HTTP server on
 127.0.0.1, in its fault modes: trickling (a byte every fraction of a second,
 never silent long enough for a per-read timeout), streams longer or shorter
 than the API declares, bodies of hundreds of MB made on the fly, releases
@@ -32,10 +32,11 @@ from fabfile.host.release import (
     github_session,
     resolve_release,
 )
-from tests.deploy_support import API_KEY, fab_json, installed_binary
-from tests.release_server import Generated, ReleaseServer
-from tests.testbed import REPO as REPO_DIR
-from tests.testbed import standin_archive
+from harness.cli import API_KEY, fab_json
+from harness.cli import REPO as REPO_DIR
+from harness.release_server import Generated
+from harness.standin import standin_archive
+from harness.testbed import installed_binary
 
 REPO = "sipeed/picoclaw"
 X86 = "picoclaw_Linux_x86_64.tar.gz"
@@ -44,17 +45,6 @@ MiB = 1024 * 1024
 
 def sha(data):
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def server():
-    with ReleaseServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return DownloadCache(tmp_path / "cache")
 
 
 @pytest.fixture

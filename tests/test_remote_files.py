@@ -8,7 +8,8 @@ import pytest
 
 from fabfile.host import remote_files
 from fabfile.host.remote_files import RemoteFileError
-from tests.deploy_support import connect, set_path
+from harness.cli import connect
+from harness.shims import set_path
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_upload_sweeps_temp_files_left_long_ago_but_not_recent_ones(testbed, cxn
 def test_host_without_sftp_server_is_a_clear_error(testbed, rf_hosts, tmp_path):
     from dataclasses import replace
 
-    from tests.deploy_support import NoSftpSshd
+    from harness.faults import NoSftpSshd
 
     server = NoSftpSshd(testbed, f"sshd-nosftp-{tmp_path.name}")
     server.start()

@@ -12,8 +12,9 @@ import subprocess
 
 import pytest
 
+from harness.cli import API_KEY, FAB, REPO
+from harness.shims import set_machine
 from tests.batch_support import RUN_LIMIT_S, jsonl_file, no_task_left_running, running_tasks, wait_until
-from tests.deploy_support import API_KEY, FAB, REPO, set_machine
 
 STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 
@@ -124,7 +125,7 @@ def test_a_second_signal_exits_at_once(testbed, hosts, fleet_config, guarded_env
 
 
 def test_deploy_stops_on_sigterm_and_reports(testbed, fleet_config, guarded_env, tmp_path):
-    from tests.testbed import build_standin
+    from harness.standin import build_standin
 
     good, stuck = testbed.add_hosts(2, prefix="sg")
     set_machine(stuck, "x86_64")

@@ -17,7 +17,8 @@ from fabfile.core.context import RunContext
 from fabfile.core.policy import load_per_cpu
 from fabfile.host.facts import PROBE_COMMAND, parse_probe, parse_version
 from fabfile.verbs.status import fleet_status
-from tests.testbed import FAB, REPO, RotatingKeySshd
+from harness.cli import FAB, REPO
+from harness.faults import RotatingKeySshd
 
 
 

@@ -10,7 +10,8 @@ from fabfile.core.context import RunContext
 from fabfile.core.config import Defaults, FleetConfig, HostEntry
 from fabfile.ssh.fanout import fan_out
 from fabfile.host.removal import teardown_host
-from tests.deploy_support import FAB, REPO, env_file, fab, fab_json, installed_binary
+from harness.cli import FAB, REPO, fab, fab_json
+from harness.testbed import env_file, installed_binary
 
 
 @pytest.fixture

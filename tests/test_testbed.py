@@ -1,5 +1,6 @@
-"""Prove the testbed is real: plain paramiko against the real sshd, the
-stand-in run locally, the loopback guard.  No product code involved."""
+"""Prove the harness is real: plain paramiko against the real sshd, faked loads
+seen however they are read, the stand-in run locally, the loopback guard.
+No product code involved."""
 
 from __future__ import annotations
 
@@ -15,24 +16,31 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 
 import paramiko
 import pytest
 
-from tests import testbed as tb
+from harness import faults, load
+from harness.loopback import LOOPBACK
+from harness.standin import (
+    STANDIN_MODEL_NAME, build_standin, standin_archive, standin_binary, standin_commit, standin_module,
+    write_picoclaw_config,
+)
+from harness.testbed import DEFAULT_PATH, SimHost
 
 TIMEOUT = 30  # generous: only there to turn a hang into a failure
 
 
 @contextlib.contextmanager
-def ssh(host: tb.SimHost, key, port=None, policy=None, known_hosts=None, **kwargs):
+def ssh(host: SimHost, key, port=None, policy=None, known_hosts=None, **kwargs):
     """A connected paramiko client, with no agent/default keys in play."""
     client = paramiko.SSHClient()
     if known_hosts is not None:
         client.load_host_keys(str(known_hosts))
     client.set_missing_host_key_policy(policy or paramiko.AutoAddPolicy())
     try:
-        client.connect(tb.LOOPBACK, port=port or host.port, username=host.user, key_filename=str(key),
+        client.connect(LOOPBACK, port=port or host.port, username=host.user, key_filename=str(key),
                        look_for_keys=False, allow_agent=False, timeout=TIMEOUT, **kwargs)
         yield client
     finally:
@@ -92,7 +100,7 @@ def test_sim_host_works_as_jump_host(testbed, sim_hosts):
     gateway, target = sim_hosts[0], sim_hosts[1]
     with ssh(gateway, testbed.client_key) as jump:
         tunnel = jump.get_transport().open_channel(
-            "direct-tcpip", (tb.LOOPBACK, testbed.port), (tb.LOOPBACK, 0), timeout=TIMEOUT)
+            "direct-tcpip", (LOOPBACK, testbed.port), (LOOPBACK, 0), timeout=TIMEOUT)
         with ssh(target, testbed.client_key, sock=tunnel) as client:
             assert run(client, "whoami")[1].decode().strip() == target.user
 
@@ -121,7 +129,7 @@ def test_silent_listener_times_out_on_banner(testbed, sim_hosts, silent_listener
 
 def test_rotating_key_sshd_changes_host_key(testbed, sim_hosts, tmp_path):
     host = sim_hosts[0]
-    with tb.RotatingKeySshd(testbed) as rotating:
+    with faults.RotatingKeySshd(testbed) as rotating:
         port, old_line = rotating.port, rotating.host_key_line()
         assert port != testbed.port and old_line.startswith(f"[127.0.0.1]:{port} ssh-ed25519 ")
         known_hosts = tmp_path / "known_hosts"
@@ -188,21 +196,70 @@ def test_sftp_works_under_recording(testbed, fresh_host):
     assert testbed.command_log(fresh_host) == ["sftp"]
 
 
-def test_set_load_is_per_host(testbed, sim_hosts, fresh_host):
-    testbed.set_load(fresh_host, 2.5, 3)
-    probe = "cat /proc/loadavg; nproc; cat ~/.ssh/authorized_keys | wc -l"
+# ---------------------------------------------------------------- faked load
+
+#: Every way a probe might read the load and the CPU count, then where the commands come from.
+LOAD_PROBE = ("read -r l _ < /proc/loadavg; echo $l; cat /proc/loadavg; nproc; getconf _NPROCESSORS_ONLN; "
+              "cat /sys/devices/system/cpu/online; grep -c ^processor /proc/cpuinfo; uptime; "
+              'command -v cat nproc getconf; echo "$PATH"; nproc --all; getconf _NPROCESSORS_CONF')
+
+
+def test_set_load_is_seen_however_the_host_reads_it(testbed, fresh_host):
+    """The product's probe may read the load with `cat` or a shell's `read`, the CPUs with
+    `nproc`, `getconf` or /sys: each sees the fake, and no command is swapped on PATH."""
+    testbed.set_load(fresh_host, 3.0, 4)
+    assert fresh_host.port not in (0, testbed.port)  # the host's own sshd
     with ssh(fresh_host, testbed.client_key) as client:
-        assert run(client, probe)[1] == b"2.50 2.50 2.50 1/100 12345\n3\n1\n"
+        status, out, err = run(client, LOAD_PROBE)
+    lines = out.decode().splitlines()
+    assert status == 0, err
+    assert lines[:6] == ["3.00", "3.00 3.00 3.00 1/100 12345", "4", "4", "0-3", "4"]
+    assert lines[6].endswith("load average: 3.00, 3.00, 3.00")
+    assert all(os.path.dirname(path) in ("/usr/bin", "/bin") for path in lines[7:10]), lines[7:10]
+    assert ".fakebin" not in lines[10] and not (fresh_host.home / ".ssh" / "environment").exists()
+    assert lines[11:] == ["4", "4"]  # the CPUs configured, not only the online ones
+    assert testbed.command_log(fresh_host) == [LOAD_PROBE]  # recorded like any other host
+
+
+def test_set_load_leaves_other_hosts_and_this_machine_alone(testbed, sim_hosts, fresh_host):
+    testbed.set_load(fresh_host, 3.0, 4)
     with ssh(sim_hosts[0], testbed.client_key) as client:
-        lines = run(client, probe)[1].decode().splitlines()
-    real_nproc = subprocess.run(["nproc"], capture_output=True, text=True, timeout=TIMEOUT).stdout.strip()
-    assert lines[0] != "2.50 2.50 2.50 1/100 12345" and lines[1] == real_nproc
+        lines = run(client, LOAD_PROBE)[1].decode().splitlines()
+    here = subprocess.run(["sh", "-c", "nproc; getconf _NPROCESSORS_ONLN; cat /sys/devices/system/cpu/online"],
+                          capture_output=True, text=True, timeout=TIMEOUT).stdout.splitlines()
+    assert lines[2:5] == here and sim_hosts[0].port == testbed.port
+    fake = load.loadavg_text(3.0).strip()
+    assert lines[1] != fake and open("/proc/loadavg").read().strip() != fake
+
+
+def test_set_load_again_changes_the_values_on_the_same_port(testbed, fresh_host):
+    testbed.set_load(fresh_host, 3.0, 4)
+    port = fresh_host.port
+    with ssh(fresh_host, testbed.client_key) as client:  # a session open across the change sees it
+        testbed.set_load(fresh_host, 0.5, 4)
+        assert run(client, "cat /proc/loadavg")[1] == b"0.50 0.50 0.50 1/100 12345\n"
+    testbed.set_load(fresh_host, 1.25, 2)  # another CPU count: its sshd restarts, on the same port
+    assert fresh_host.port == port
+    with ssh(fresh_host, testbed.client_key) as client:
+        lines = run(client, LOAD_PROBE)[1].decode().splitlines()
+    assert lines[:6] == ["1.25", "1.25 1.25 1.25 1/100 12345", "2", "2", "0-1", "2"]
+    arranged = testbed.run_as(fresh_host, "cat /proc/loadavg; nproc")  # run_as sees what the sessions see
+    assert (arranged.returncode, arranged.stdout) == (0, "1.25 1.25 1.25 1/100 12345\n2\n")
+
+
+def test_fake_cpu_files():
+    template = "processor\t: 0\nmodel name\t: X\nsiblings\t: 2\ncore id\t\t: 0\ncpu cores\t: 2\n\nprocessor\t: 1\n"
+    blocks = load.cpuinfo_text(3, template).rstrip("\n").split("\n\n")
+    assert [block.splitlines() for block in blocks] == [
+        [f"processor\t: {n}", "model name\t: X", "siblings\t: 3", f"core id\t\t: {n}", "cpu cores\t: 3"]
+        for n in range(3)]
+    assert (load.cpus_text(1), load.cpus_text(4)) == ("0\n", "0-3\n")
 
 
 # ---------------------------------------------------------------- config
 
 def test_fleet_config_format(testbed, sim_hosts, fleet_config):
-    extra = {"name": "dead", "host": "127.0.0.1", "port": tb.closed_port(), "user": "x", "ssh_key": "k"}
+    extra = {"name": "dead", "host": "127.0.0.1", "port": faults.closed_port(), "user": "x", "ssh_key": "k"}
     path = fleet_config(extra_hosts=[extra], parallel=4)
     config = json.loads(path.read_text())
     assert [h["name"] for h in config["hosts"]] == [h.name for h in sim_hosts] + ["dead"]
@@ -216,7 +273,7 @@ def test_fleet_config_format(testbed, sim_hosts, fleet_config):
 
 # ---------------------------------------------------------------- stand-in
 
-SA = tb.standin_module()
+SA = standin_module()
 BANNER_PLAIN, BANNER_COLOR = SA.BANNER_PLAIN.encode(), SA.BANNER_COLOR.encode()
 #: sha256 of the banners captured from the real picoclaw (sipeed/picoclaw cf67dd38).
 BANNER_PLAIN_SHA256 = "1a9741860942e3bd4993f104ce3013ea9589eaf5a508e7d561d5ae272ed5b7d8"
@@ -262,7 +319,7 @@ def answer_of(stdout: bytes) -> bytes:
 def home(tmp_path):
     """A HOME with PicoClaw provisioned as a deploy leaves it."""
     home = tmp_path / "home"
-    tb.write_picoclaw_config(home)
+    write_picoclaw_config(home)
     return home
 
 
@@ -312,7 +369,7 @@ def test_standin_banner_choice(standin_path, tmp_path, env, args, plain):
 
 def test_standin_version_lines(standin_path, tmp_path):
     proc = standin(standin_path, "version", home=tmp_path, check_rc=0)
-    commit = tb.standin_commit("0.1.0")
+    commit = standin_commit("0.1.0")
     assert after_banner(proc.stdout) == (f"🦞 picoclaw 0.1.0 (git: {commit})\n"
                                          f"  Build: {SA.BUILD_TIME}\n  Go: go1.27.3\n").encode()
     assert proc.stderr == b"" and re.fullmatch(r"[0-9a-f]{8}", commit)
@@ -492,7 +549,7 @@ def test_standin_mode_applies_to_every_task(standin_path, home, tmp_path):
     mode = {"PICOCLAW_STANDIN_MODE": "::fail::"}
     assert standin(standin_path, "agent", "-m", "task", home=home, env=mode, check_rc=1).stderr == \
         b"Error: stand-in failure: task\n"
-    baked = tb.build_standin(tmp_path / "baked", mode="::fail::")
+    baked = build_standin(tmp_path / "baked", mode="::fail::")
     standin(baked, "agent", "-m", "task", home=home, check_rc=1)
     assert answer_of(standin(baked, "agent", "-m", "::sleep=0::own", home=home, check_rc=0).stdout) == b"own"
 
@@ -605,7 +662,7 @@ def test_standin_config_overrides(standin_path, tmp_path):
                      .stdout) == b"hi"
     env = {"PICOCLAW_AGENTS_DEFAULTS_MODEL_NAME": "claude-sonnet-4.6"}
     assert answer_of(standin(standin_path, "agent", "-m", "hi", home=home, env=env, check_rc=0).stdout) == b"hi"
-    moved = tb.write_picoclaw_config(tmp_path / "other")  # PICOCLAW_HOME replaces ~/.picoclaw
+    moved = write_picoclaw_config(tmp_path / "other")  # PICOCLAW_HOME replaces ~/.picoclaw
     env = {"PICOCLAW_HOME": str(moved)}
     assert answer_of(standin(standin_path, "agent", "-m", "hi", home=tmp_path / "nohome", env=env, check_rc=0)
                      .stdout) == b"hi"
@@ -635,7 +692,7 @@ def test_standin_onboard_fresh_and_existing(standin_path, tmp_path):
         ["0o600", "0o600"]
     assert (picoclaw / "workspace").is_dir()
 
-    provisioned = tb.write_picoclaw_config(tmp_path / "p")  # no prompt: kept, re-saved
+    provisioned = write_picoclaw_config(tmp_path / "p")  # no prompt: kept, re-saved
     before = json.loads((provisioned / "config.json").read_text())
     standin(standin_path, "onboard", home=tmp_path / "p", check_rc=0)
     assert json.loads((provisioned / "config.json").read_text()) == before
@@ -664,10 +721,10 @@ def test_install_standin_over_ssh(testbed, fresh_host):
         f"{user} 600 {fresh_host.home}/.picoclaw/config.json", f"{user} 600 {fresh_host.home}/.picoclaw/.security.yml"]
     version = stats[4]
     assert version.startswith(BANNER_COLOR)  # no NO_COLOR over a plain ssh exec
-    assert version[len(BANNER_COLOR):].startswith(f"🦞 picoclaw 0.2.0 (git: {tb.standin_commit('0.2.0')})\n".encode())
+    assert version[len(BANNER_COLOR):].startswith(f"🦞 picoclaw 0.2.0 (git: {standin_commit('0.2.0')})\n".encode())
     assert answered[0] == 0 and answer_of(answered[1]) == b"over ssh"
     conf = json.loads((fresh_host.home / ".picoclaw" / "config.json").read_text())
-    assert conf["version"] == 3 and conf["agents"]["defaults"]["model_name"] == tb.STANDIN_MODEL_NAME
+    assert conf["version"] == 3 and conf["agents"]["defaults"]["model_name"] == STANDIN_MODEL_NAME
     assert {"model_name": "claude-sonnet-4.6", "provider": "anthropic", "model": "claude-sonnet-4-6",
             "api_base": "https://api.anthropic.com/v1"} in conf["model_list"]
     assert "  claude-sonnet-4.6:0:\n    api_keys:\n    - sk-standin-test\n" in \
@@ -693,16 +750,16 @@ def test_add_workers_are_provisioned(testbed):
 
 
 def test_build_standin_padding(tmp_path):
-    plain = tb.build_standin(tmp_path / "plain")
-    padded = tb.build_standin(tmp_path / "padded", version="9.9.9", pad_bytes=1_000_001)
+    plain = build_standin(tmp_path / "plain")
+    padded = build_standin(tmp_path / "padded", version="9.9.9", pad_bytes=1_000_001)
     assert padded.stat().st_size - plain.stat().st_size == 1_000_001
     proc = standin(padded, "version", home=tmp_path, check_rc=0)
     assert b"picoclaw 9.9.9 (git: " in proc.stdout
 
 
 def test_standin_archive_is_goreleaser_style(tmp_path):
-    data = tb.standin_archive("0.3.0", "Linux_x86_64")
-    assert data == tb.standin_archive("0.3.0", "Linux_x86_64")  # deterministic
+    data = standin_archive("0.3.0", "Linux_x86_64")
+    assert data == standin_archive("0.3.0", "Linux_x86_64")  # deterministic
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         members = {m.name: m for m in tar.getmembers()}
         assert set(members) == {"picoclaw", "README.md", "LICENSE"}
@@ -711,58 +768,47 @@ def test_standin_archive_is_goreleaser_style(tmp_path):
     assert b"picoclaw 0.3.0 (git: " in standin(tmp_path / "picoclaw", "version", home=tmp_path, check_rc=0).stdout
 
 
-# ---- the native-speed sh stand-in
+def test_standin_binary_is_a_zipapp_whose_bytecode_fits_the_hosts_python(testbed, fresh_host, tmp_path):
+    """Packed as Python's own zipapps are, so a start loads bytecode instead of compiling the
+    program -- for the python3 the hosts run; another python3 compiles __main__.py instead."""
+    data = standin_binary("0.1.0")
+    assert data.startswith(b"#!/usr/bin/env -S python3 -I -S\n")
+    path = tmp_path / "picoclaw"
+    path.write_bytes(data)
+    with zipfile.ZipFile(path) as archive:
+        assert archive.namelist() == ["__main__.py", "__main__.pyc"]
+        source, pyc = archive.read("__main__.py"), archive.read("__main__.pyc")
+    assert source.startswith(b"#!/usr/bin/env -S python3 -I -S\n") and b"\nVERSION = '0.1.0'\n" in source
+    magic = testbed.run_as(fresh_host, "python3 -c 'import importlib.util; print(importlib.util.MAGIC_NUMBER.hex())'")
+    assert pyc[:4].hex() == magic.stdout.strip()
 
-@pytest.fixture(scope="module")
-def native_path(tmp_path_factory):
-    return tb.build_standin(tmp_path_factory.mktemp("native") / "picoclaw", version="0.1.0", native=True)
-
-
-def normalized(stdout: bytes) -> bytes:
-    return re.sub(rb"(?m)^\d\d:\d\d:\d\d ", b"HH:MM:SS ", stdout)
-
-
-@pytest.mark.parametrize("args, env", [
-    (["version"], {}),
-    (["version"], {"TZ": "UTC"}),
-    (["agent", "-m", "hello"], {}),
-    (["agent", "-s", "agent:x/y", "--message", "it's \"q\" <&> \\ ü\n\ttab"], {}),
-    (["agent", "--session=foo", "-m", "::sleep=0.05::late"], {}),
-    (["agent", "-m", "hi", "--no-color"], {"NO_COLOR": ""}),
-    (["agent", "-m", ""], {}),
-])
-def test_native_standin_prints_like_python_standin(standin_path, native_path, tmp_path, args, env):
-    outputs, files = [], []
-    for path, name in ((standin_path, "py"), (native_path, "sh")):
-        home = tmp_path / name
-        tb.write_picoclaw_config(home)
-        proc = standin(path, *args, home=home, env=env, check_rc=0)
-        outputs.append((normalized(proc.stdout), proc.stderr))
-        files.append({name: [{k: v for k, v in m.items() if k != "created_at"} for m in content]
-                      if name.endswith(".jsonl") else {k: v for k, v in content.items() if not k.endswith("_at")}
-                      for name, content in sessions(home).items()} if (home / ".picoclaw/workspace/sessions").exists()
-                     else {})
-    assert outputs[0] == outputs[1]
-    assert files[0] == files[1]
+    other = io.BytesIO()  # bytecode of another Python: ignored
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("__main__.py", source)
+        archive.writestr("__main__.pyc", b"\x00\x00\r\n" + pyc[4:])
+    path.write_bytes(b"#!/usr/bin/env -S python3 -I -S\n" + other.getvalue())
+    path.chmod(0o755)
+    assert b"picoclaw 0.1.0 (git: " in standin(path, "version", home=tmp_path, check_rc=0).stdout
 
 
-def test_native_standin_log_file_and_onboard(native_path, tmp_path):
-    log = tmp_path / "l.log"
-    proc = standin(native_path, "agent", "-m", "hi", home=tmp_path, env={"PICOCLAW_LOG_FILE": str(log)}, check_rc=0)
-    assert after_banner(proc.stdout) == b"\n" + LOBSTER + b" hi\n"  # no config checks in the sh stand-in
-    record = json.loads(log.read_text())
-    assert (record["level"], record["component"], record["message"]) == (
-        "warn", "agent", "Transient LLM error, retrying after backoff")
-    onboard = standin(native_path, "onboard", home=tmp_path, check_rc=0)
-    picoclaw = tmp_path / ".picoclaw"
-    assert after_banner(onboard.stdout) == SA.ONBOARD_DONE.format(config_path=picoclaw / "config.json").encode()
-    config = json.loads((picoclaw / "config.json").read_text())
-    assert config == SA.default_config(str(picoclaw))
-    assert (picoclaw / ".security.yml").read_text() == SA.security_text(SA.DEFAULT_MODEL_LIST, "/nonexistent")
-    assert oct((picoclaw / "config.json").stat().st_mode & 0o777) == "0o600"
-    (picoclaw / "config.json").write_text("kept")
-    standin(native_path, "onboard", home=tmp_path, check_rc=0)
-    assert (picoclaw / "config.json").read_text() == "kept"
+def imported_modules(path, *args, home):
+    """The modules a run of the stand-in imports (python3 -X importtime), and the run."""
+    proc = subprocess.run(["python3", "-I", "-S", "-X", "importtime", str(path), *args], capture_output=True,
+                          env={"HOME": str(home), "PATH": DEFAULT_PATH, "NO_COLOR": "1"}, stdin=subprocess.DEVNULL,
+                          timeout=TIMEOUT)
+    lines = proc.stderr.decode().splitlines()
+    return {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}, proc
+
+
+def test_standin_version_imports_neither_json_nor_re(standin_path, home):
+    """`version` is what the status probe and deploy run on every host: json and re cost more to import
+    than the rest of that run, so only the commands that use them import them."""
+    modules, proc = imported_modules(standin_path, "version", home=home)
+    assert proc.returncode == 0 and b"picoclaw 0.1.0" in proc.stdout
+    assert "runpy" in modules and not modules & {"json", "re", "json.decoder"}, sorted(modules)
+    modules, proc = imported_modules(standin_path, "agent", "-m", "hi", home=home)
+    assert proc.returncode == 0 and answer_of(proc.stdout) == b"hi"
+    assert {"json", "re"} <= modules  # the check sees imports: a task reads the config
 
 
 # ---------------------------------------------------------------- loopback guard

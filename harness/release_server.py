@@ -32,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
 from urllib.parse import unquote
 
+#: PicoClaw's GitHub repository: what the tests publish releases under (the product's default release_repo).
+RELEASE_REPO = "sipeed/picoclaw"
 CHUNK = 64 * 1024
 #: What a client hanging up looks like to the server's writes.
 HUNG_UP = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)

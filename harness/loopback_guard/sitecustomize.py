@@ -4,7 +4,7 @@ The test suite must never send a packet off-box, even when the product has a
 bug (a wrong host in a config, a gateway hop to a real name, a DNS lookup).
 Installed automatically in any Python started with PYTHONPATH pointing at
 this directory (sitecustomize is imported at interpreter start-up), and by
-tests/conftest.py for the pytest process itself.
+harness.loopback.install_loopback_guard for the pytest process itself (tests/conftest.py).
 
 The check happens before the original socket call, so a refused destination
 never sees a SYN, a UDP datagram or a DNS query.

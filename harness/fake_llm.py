@@ -1,6 +1,6 @@
 """A fake LLM API on 127.0.0.1 that answers the real PicoClaw's chat completions.
 
-The real PicoClaw (tests/real_picoclaw.py) is pointed at this server through
+The real PicoClaw (harness/real_picoclaw.py) is pointed at this server through
 its model's ``api_base``. Its providers POST OpenAI-style requests to
 ``{api_base}/chat/completions`` without streaming and expect a standard
 ``chat.completion`` JSON object back; that is all this server speaks:
@@ -23,7 +23,7 @@ answered, in `requests` (path, headers, parsed JSON body): a test can check
 what PicoClaw sent (the API key, the conversation) even for a request that is
 still sleeping. Bodies are read by Content-Length, at most MAX_BODY_BYTES.
 
-Stdlib only; a context manager, like tests/release_server.py.
+Stdlib only; a context manager, like harness/release_server.py.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ Every fixture here that leads to the binary running goes through
 `require_loopback_netns` (via `real_releases`): outside such a namespace, or
 without the shared directory, the tests are SKIPPED with the reason -- and
 FAIL instead when ``$CI`` is set, so CI can never silently lose them. The
-model provider is pointed at `FakeLLM` on 127.0.0.1 (tests/fake_llm.py).
+model provider is pointed at `FakeLLM` on 127.0.0.1 (harness/fake_llm.py).
 
 What this module gives a test (register it with ``pytest_plugins =
-["tests.real_picoclaw"]`` in the test module):
+["harness.real_picoclaw"]`` in the test module):
 
 fixtures
     ``real_picoclaw_releases`` (session)  {tag: RealRelease}, after the netns and directory checks
@@ -54,14 +54,14 @@ from pathlib import Path
 
 import pytest
 
-from tests import testbed as tb
-from tests.fake_llm import FakeLLM
-from tests.release_server import ReleaseServer
+from . import testbed as tb
+from .cli import FAB, REPO
+from .fake_llm import FakeLLM
+from .loopback import LOOPBACK, guarded_env
+from .release_server import RELEASE_REPO, ReleaseServer
 
 #: Overrides where the shared real builds are.
 REAL_DIR_ENV = "PICOCLAW_REAL_DIR"
-#: The GitHub repository the real builds are published under on the local release server.
-RELEASE_REPO = "sipeed/picoclaw"
 ARCHIVE_NAME = "picoclaw_Linux_x86_64.tar.gz"
 OLD_TAG = "v0.0.0-cf67dd38.1"
 NEW_TAG = "v0.0.0-cf67dd38.2"
@@ -124,7 +124,7 @@ def loopback_netns_problem() -> str | None:
         return "lo is down (`ip link set lo up` first)"
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-            listener.bind((tb.LOOPBACK, 0))
+            listener.bind((LOOPBACK, 0))
             listener.listen(1)
             with socket.create_connection(listener.getsockname()[:2], timeout=2):
                 pass
@@ -146,7 +146,7 @@ def require_loopback_netns() -> None:
 def real_dir() -> Path:
     """Where the shared real builds are: $PICOCLAW_REAL_DIR, else <repo>/../shared/picoclaw-real."""
     override = os.environ.get(REAL_DIR_ENV)
-    return Path(override).expanduser() if override else tb.REPO.parent / "shared" / "picoclaw-real"
+    return Path(override).expanduser() if override else REPO.parent / "shared" / "picoclaw-real"
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ def publish_real(server: ReleaseServer, release: RealRelease, latest: bool = Tru
 def cli_env(home: Path, cache: Path, api_key: str = API_KEY) -> dict:
     """The CLI's environment: loopback guard, private HOME and download cache, the API key;
     no agent, fleet-config override, outer make, GitHub token or other provider settings."""
-    env = tb.guarded_env()
+    env = guarded_env()
     for name in ("SSH_AUTH_SOCK", "PICOCLAW_FLEET_CONFIG", "MAKEFLAGS", "MAKELEVEL", "GITHUB_TOKEN", "PROVIDER",
                  "API_KEY_ENV", "OPENAI_API_KEY"):
         env.pop(name, None)
@@ -263,7 +263,7 @@ def cli_env(home: Path, cache: Path, api_key: str = API_KEY) -> dict:
 
 def run_fab(args, env, timeout=CLI_LIMIT_S, stdin=None) -> subprocess.CompletedProcess:
     """Run the real `fab` CLI in the repository; a CompletedProcess with text output."""
-    return subprocess.run([tb.FAB, *map(str, args)], cwd=tb.REPO, env=env, capture_output=True, text=True,
+    return subprocess.run([FAB, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
 
 

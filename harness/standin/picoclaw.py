@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env -S python3 -I -S
 """Stand-in for the PicoClaw binary, installed on simulated hosts as `picoclaw`.
 
 The real PicoClaw (sipeed/picoclaw) is a Go binary that talks to an LLM
@@ -62,13 +62,34 @@ is read line by line (model_list in block style, entries block or flow); the
 global PicoClaw commands other than version, onboard, agent and help exit 1.
 Like the real one (umask permitting), ~/.picoclaw and the workspace are
 created 0755, config.json and .security.yml 0600.
+
+Cheap to start, because the benchmarks run it as the hosts' PicoClaw and
+the hosts share the controller's CPUs: the shebang runs python3 -I -S
+(no site, no PYTHON* variables: nothing of the environment is imported),
+and json and re are imported on first use, so `version` -- what the status
+probe and deploy's checks run -- needs neither.
 """
 
-import json
 import os
-import re
 import sys
 import time
+
+
+class _OnFirstUse:
+    """A stdlib module imported when first used (see the module docstring):
+    importing json and re costs more than a whole `version` run otherwise."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        module = __import__(self._name)
+        globals()[self._name] = module
+        return getattr(module, attr)
+
+
+json = _OnFirstUse("json")
+re = _OnFirstUse("re")
 
 VERSION = "0.0.0"
 COMMIT = "00000000"
@@ -266,7 +287,7 @@ KNOWN_PROVIDERS = (HTTP_PROTOCOLS | NO_CHECK_PROTOCOLS | set(PROVIDER_ALIASES) |
                     "elevenlabs"})
 
 USAGE_EXIT = 1
-DIRECTIVE = re.compile(r"::(sleep=(?P<seconds>[0-9.]+)|fail|hang|env|pid|history|log-after)::", re.DOTALL)
+DIRECTIVE = r"::(sleep=(?P<seconds>[0-9.]+)|fail|hang|env|pid|history|log-after)::"
 TRANSIENT_ERROR = ('API request failed:\n  Status: 529\n  Body:   {"type":"error","error":'
                    '{"type":"overloaded_error","message":"Overloaded"}}')
 
@@ -1116,16 +1137,20 @@ def parse_agent_args(args):
     return opts, positional
 
 
+def directive_at_start(text):
+    return re.match(DIRECTIVE, text, re.DOTALL)
+
+
 def split_directives(text):
     """([directive matches], rest).  A directive in the task wins over the
     host-wide mode; the mode is applied by prefixing it to the task text."""
-    if DIRECTIVE.match(text) is None:
+    if directive_at_start(text) is None:
         mode = os.environ.get("PICOCLAW_STANDIN_MODE") or DEFAULT_MODE
-        if mode and DIRECTIVE.match(mode + text):
+        if mode and directive_at_start(mode + text):
             text = mode + text
     found = []
     while True:
-        match = DIRECTIVE.match(text)
+        match = directive_at_start(text)
         if match is None:
             return found, text
         found.append(match)
