@@ -132,10 +132,13 @@ def test_first_deploy_installs_binary_env_and_onboards(testbed, server, config, 
         h = by_name[host.name]
         assert (h["status"], h["binary"], h["version"], h["env"], h["onboard"]) == ("ok", "installed", "0.2.0", "written", "ran")
         assert (h["model"], h["model_name"], h["restrict_to_workspace"]) == ("configured", "claude-sonnet-4.6", True)
-        written = [".picoclaw/.env", ".picoclaw/config.json", ".picoclaw/.security.yml"]
+        written = [".picoclaw/.env", ".picoclaw/config.json", ".picoclaw/.security.yml", ".picoclaw/.fleet-version"]
         assert h["arch"] == "amd64"
         assert h["uploaded_bytes"] == len(expected) + sum((host.home / f).stat().st_size for f in written)
         binary = installed_binary(host)
+        # the status probe's note: the version, and a second name of the very binary it describes
+        assert (host.home / ".picoclaw/.fleet-version").read_text() == "0.2.0\n"
+        assert (host.home / ".picoclaw/.fleet-binary").samefile(binary)
         assert binary.read_bytes() == expected and mode_of(binary) == 0o755
         assert binary.stat().st_uid == host.home.stat().st_uid
         assert mode_of(host.home / ".picoclaw") == 0o700 and mode_of(env_file(host)) == 0o600

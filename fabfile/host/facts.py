@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import yaml
 
 from ..ssh.deadlines import deadline, step_seconds
-from .paths import BINARY_PATH, CONFIG_FILE, ENV_FILE, SECURITY_FILE, bounded
+from .paths import BINARY_PATH, CONFIG_FILE, ENV_FILE, SECURITY_FILE, VERSION_CACHE, VERSION_CACHE_BINARY, bounded
 
 
 #: ``uname -m`` -> the arch names of PicoClaw's Linux release archives (Go's,
@@ -64,22 +64,30 @@ _VERSION_RUN = bounded('"$bin" version', PROBE_VERSION_S)
 CONFIG_BYTES = 262144
 #: Prints the ``key=value`` lines, then PicoClaw's config.json and its
 #: .security.yml with every value masked (`SECURITY_MASK`), each after a
-#: marker line. The version comes from ``picoclaw version`` run with
-#: ``NO_COLOR`` and without ``TZ`` (no colour codes, no time-zone lines), cut
-#: by the shell after its ``picoclaw `` (the banner never holds the word) and
-#: bounded by ``timeout`` when the host has it, so a broken binary cannot hang
-#: status. MIPS hosts also report their byte order, from /bin/sh's ELF header.
+#: marker line. It costs the host little: the load and the CPUs online are
+#: read from /proc and /sys by the shell itself, and the version from the
+#: note deploy leaves (`paths.VERSION_CACHE`) while the binary is the file
+#: deploy installed (its hard link, same inode: a binary renamed or unpacked
+#: over it is new) and not newer than the note (one rewritten in place). Otherwise ``picoclaw version`` runs, with ``NO_COLOR`` and without
+#: ``TZ`` (no colour codes, no time-zone lines), cut by the shell after its
+#: ``picoclaw `` (the banner never holds the word) and bounded by ``timeout``
+#: when the host has it, so a broken binary cannot hang status. MIPS hosts
+#: also report their byte order, from /bin/sh's ELF header.
 PROBE_COMMAND = (
     'm=$(uname -m); echo "arch=$m"; '
     'case $m in mips*) echo "endian=$(od -An -tx1 -j5 -N1 /bin/sh 2>/dev/null)";; esac; '
-    'echo "loadavg=$(cat /proc/loadavg 2>/dev/null)"; '
-    'echo "ncpu=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)"; '
-    f'bin="$HOME/{BINARY_PATH}"; '
-    'if [ -x "$bin" ]; then '
-    f'v=$(unset TZ; export NO_COLOR=1; {_VERSION_RUN} 2>&1 </dev/null); '
+    '{ read -r l1 l5 l15 _ < /proc/loadavg && echo "loadavg=$l1 $l5 $l15"; } 2>/dev/null; '
+    # "0-3,6" -> 5, by shell arithmetic; getconf only where /sys cannot be read
+    'n=; { read -r c < /sys/devices/system/cpu/online; } 2>/dev/null && { n=0; IFS=,; for r in $c; do '
+    'case $r in *-*) n=$((n + ${r#*-} - ${r%-*} + 1));; *) n=$((n + 1));; esac; done; unset IFS; }; '
+    '[ -n "$n" ] || n=$(getconf _NPROCESSORS_ONLN 2>/dev/null); echo "ncpu=$n"; '
+    f'bin="$HOME/{BINARY_PATH}"; note="$HOME/{VERSION_CACHE}"; '
+    'if [ ! -x "$bin" ]; then echo version_rc=127; '
+    f'elif [ "$bin" -ef "$HOME/{VERSION_CACHE_BINARY}" ] && [ ! "$bin" -nt "$note" ] && read -r v < "$note"; then '
+    "echo version_rc=0; printf 'version=%s\\n' \"$v\"; "
+    f'else v=$(unset TZ; export NO_COLOR=1; {_VERSION_RUN} 2>&1 </dev/null); '
     'echo "version_rc=$?"; v=${v#*"picoclaw "}; '
-    "nl='\n'; printf 'version=%s\\n' \"${v%%\"$nl\"*}\"; "
-    "else echo version_rc=127; fi; "
+    "nl='\n'; printf 'version=%s\\n' \"${v%%\"$nl\"*}\"; fi; "
     f'if [ -f "$HOME/{ENV_FILE}" ]; then echo env=yes; else echo env=no; fi; '
     f'c="$HOME/{CONFIG_FILE}"; if [ -f "$c" ]; then echo "--- config.json"; head -c {CONFIG_BYTES} "$c"; fi; '
     f's="$HOME/{SECURITY_FILE}"; if [ -f "$s" ]; then echo; echo "--- security"; '

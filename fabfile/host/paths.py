@@ -12,6 +12,11 @@ PICOCLAW_DIR = ".picoclaw"
 ENV_FILE = ".picoclaw/.env"
 CONFIG_FILE = ".picoclaw/config.json"
 SECURITY_FILE = ".picoclaw/.security.yml"
+#: The version deploy installed, written after the binary, and a hard link to the binary it
+#: describes: while ~/.local/bin/picoclaw is that same file (same inode) and not newer than the
+#: note, the status probe reads the version here instead of starting a 32 MB Go program for it.
+VERSION_CACHE = ".picoclaw/.fleet-version"
+VERSION_CACHE_BINARY = ".picoclaw/.fleet-binary"
 #: PicoClaw's session files (``<key with : as _>.jsonl`` and ``.meta.json``) in its default workspace.
 SESSIONS_DIR = ".picoclaw/workspace/sessions"
 

@@ -354,8 +354,25 @@ def write_if_changed(cxn, path, data, mode, on_bytes=None):
     if same:
         ensure_mode(cxn, path, mode)
         return False
-    commit(cxn, upload_temp(cxn, path, data, mode, on_bytes), path)
+    write(cxn, path, data, mode, on_bytes)
     return True
+
+
+def hard_link(cxn, target, link):
+    """Make remote `link` another name of `target` (replacing it); False when the host cannot.
+
+    SFTP has no portable hard link, so this runs ``ln -f`` on the host. A
+    link across file systems is refused by the kernel: callers treat the
+    link as an optimisation, never as required.
+    """
+    command = f"ln -f -- {shlex.quote(absolute(cxn, target))} {shlex.quote(absolute(cxn, link))}"
+    with deadline(cxn, f"linking {shown(link)}"):
+        return not cxn.run(command, hide=True, warn=True, in_stream=False).failed
+
+
+def write(cxn, path, data, mode, on_bytes=None):
+    """Make remote `path` hold `data` with `mode`, whatever it held: `upload_temp`, then `commit`."""
+    commit(cxn, upload_temp(cxn, path, data, mode, on_bytes), path)
 
 
 def remove(cxn, path):
