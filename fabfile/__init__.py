@@ -7,12 +7,18 @@ when every selected host succeeded and 1 when any did not.
 The verbs (``fabfile.verbs``) and what they stand on are imported inside
 the tasks: ``fab --list`` and ``fab --help`` then load invoke alone, not
 paramiko, jsonschema and PyYAML. Everywhere else imports are at module top.
+
+Dispatch and batch runs are recorded in the run ledger (README, Runs): the
+tasks make a `core.recording.Recorder` before any host is contacted and
+hand it the finished report once; the verbs never know. ``rerun`` re-enters
+dispatch and batch from here, since verbs do not import each other.
 """
 
+import json as jsonlib
 import sys
 from contextlib import contextmanager
 
-from invoke import Exit, Task, task
+from invoke import Argument, Exit, Task, task
 
 COMMON_HELP = {
     "config": "Fleet config file (default: $PICOCLAW_FLEET_CONFIG, else config/picoclaw-fleet.json in OpenClaw's workspace)",
@@ -30,6 +36,17 @@ def usage_errors():
     try:
         yield
     except UsageError as exc:
+        raise Exit(f"picoclaw-fleet: {exc}", code=2) from None
+
+
+@contextmanager
+def ledger_errors():
+    """A ledger that cannot be read (``fab runs``, ``show``, ``rerun``, ``collect``): one line on stderr, exit 2."""
+    from .core.ledger import LedgerError
+
+    try:
+        yield
+    except LedgerError as exc:
         raise Exit(f"picoclaw-fleet: {exc}", code=2) from None
 
 
@@ -76,6 +93,52 @@ def warn(message):
     print(f"picoclaw-fleet: {message}", file=sys.stderr, flush=True)
 
 
+def recorder(verb, options, parent=None, detach=False, outdir=None, no_record=False):
+    """The run's `Recorder` (its id, ``--outdir`` and, for ``--detach``, the ledger checked now)."""
+    from .core.recording import Recorder
+
+    return Recorder(verb, options, parent, detach, outdir, no_record, warn=warn)
+
+
+def record_brief(rec, report, config):
+    """A deploy's or teardown's one-line record: per host its status and message, and the summary."""
+    data = jsonlib.loads(report.to_json())
+    hosts = [{key: h[key] for key in ("name", "status", "message") if key in h} for h in data["hosts"]]
+    brief = {"verb": data["verb"], "hosts": hosts, "summary": data["summary"], "interrupted": data["interrupted"]}
+    rec.finish(brief, [], report.exit_code, config)
+
+
+def finish_recorded(rec, data, rows, config, exit_code, as_json, human):
+    """Record the run, then print it -- ``--json`` with its ``run`` id first, or `human()` -- and exit.
+
+    A detached start prints what `verbs.runs.render_started` says instead
+    (the run id alone on stdout); it exits 0 when every task started.
+    """
+    from .core.detach import RUNNING
+    from .core.recording import recorded_json
+    from .core.report import emit
+    from .verbs.runs import render_started
+
+    if rec.detach:
+        exit_code = 0 if rows and all(row.status == RUNNING for row in rows) else 1
+    run = rec.finish(data, rows, exit_code, config)
+    if rec.detach and as_json:
+        emit(jsonlib.dumps(recorded_json(run, rows), indent=2, ensure_ascii=False))
+    elif rec.detach:
+        out, lines = render_started(run, rows)
+        emit(out)
+        for line in lines:
+            warn(line)
+    elif as_json:
+        emit(jsonlib.dumps({**rec.fields(), **data}, indent=2, ensure_ascii=False))
+    else:
+        human()
+        if rec.recorded:
+            warn(f"recorded as run {rec.id} (fab show {rec.id})")
+    if exit_code:
+        raise Exit(code=exit_code)
+
+
 def warn_if_insecure(run):
     """Say so when host key checking is switched off."""
     if run.defaults.host_key_policy == "off":
@@ -99,6 +162,39 @@ class ShortFlagTask(Task):
         if name in self.short_flags:
             opts["names"].append(self.short_flags[name])
         return opts
+
+
+class RunOrAll(ShortFlagTask):
+    """A task whose positional RUN may be left out when ``--all`` is given: ``fab collect RUN | --all``.
+
+    Invoke requires every positional argument: one whose value is None is
+    "missing", which lets the parser take the next bare word as its value and
+    fails the parse when none came. Here RUN stops being missing once
+    ``--all`` is set (`OptionalRun`), so ``fab collect --all`` parses, and
+    ``fab collect`` alone is still refused by invoke's parser.
+    """
+
+    def get_arguments(self, ignore_unknown_help=None):
+        args = super().get_arguments(ignore_unknown_help)
+        by_name = {arg.name: arg for arg in args}
+        by_name["run"].__class__ = OptionalRun
+        by_name["run"].instead = by_name["all"]
+        return args
+
+
+class OptionalRun(Argument):
+    """RUN, no longer missing once the argument it can be given `instead` of (``--all``) is set."""
+
+    instead = None
+
+    @property
+    def value(self):
+        value = Argument.value.fget(self)
+        return "" if value is None and self.instead is not None and self.instead.value else value
+
+    @value.setter
+    def value(self, arg):
+        Argument.value.fset(self, arg)
 
 
 #: The config's own cap on ``parallel`` (fleet.schema.json): each is a thread and an SSH connection.
@@ -159,18 +255,22 @@ def init(c, config=None, force=False, from_ssh_config=False, host=None):
         "from-file": "Install this local binary or .tar.gz holding 'picoclaw' instead (no network needed)",
         "force": "Upload and install even where the same binary is already installed",
         "allow-unverified": "Install a release that publishes no checksum file and no asset digest (said in the report)",
+        "no-record": "Leave no record of this run in the run ledger (fab runs)",
     }
 )
 def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, from_file=None, force=False,
-           allow_unverified=False):
+           allow_unverified=False, no_record=False):
     """Install PicoClaw on the hosts: binary, onboard, its model and API key (~/.picoclaw), .env."""
     handle_stops()
     with usage_errors():
         from .verbs.deploy import deploy_fleet, render_deploy
 
         run = fleet_run(c, config, hosts, parallel)
+        rec = recorder("deploy", dict(hosts=hosts, parallel=parallel, version=version, from_file=from_file,
+                                      force=force, allow_unverified=allow_unverified), no_record=no_record)
         warn_if_insecure(run)
         report = deploy_fleet(run, version, from_file, force, allow_unverified)
+    record_brief(rec, report, run.fleet.path)
     finish(report, json, render_deploy)
 
 
@@ -180,19 +280,29 @@ def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, 
         **COMMON_HELP,
         "purge": "Also remove ~/.picoclaw entirely (config, workspace, sessions)",
         "yes": "Confirm a teardown of every host without asking (required when stdin is not a terminal)",
+        "no-record": "Leave no record of this run in the run ledger (fab runs)",
     }
 )
-def teardown(c, hosts=None, config=None, parallel=None, json=False, purge=False, yes=False):
-    """Remove PicoClaw (~/.local/bin/picoclaw and ~/.picoclaw/.env) from the hosts."""
+def teardown(c, hosts=None, config=None, parallel=None, json=False, purge=False, yes=False, no_record=False):
+    """Remove PicoClaw (~/.local/bin/picoclaw, ~/.picoclaw/.env, detached tasks' leftovers) from the hosts."""
     handle_stops()
     with usage_errors():
         from .verbs.teardown import confirm_teardown, render_teardown, teardown_fleet
 
         run = fleet_run(c, config, hosts, parallel)
+        rec = recorder("teardown", dict(hosts=hosts, parallel=parallel, purge=purge), no_record=no_record)
         warn_if_insecure(run)
         confirm_teardown(run.fleet, run.entries, hosts, yes)
         report = teardown_fleet(run, purge)
+    record_brief(rec, report, run.fleet.path)
     finish(report, json, render_teardown)
+
+
+RUN_HELP = {
+    "detach": "Start the tasks on their hosts and return at once with the run id; fab collect RUN brings the answers in",
+    "outdir": "Write each task's answer (and stderr) to a file of its own in DIR, plus summary.json (DIR new or empty)",
+    "no-record": "Leave no record of this run in the run ledger (fab runs, fab show)",
+}
 
 
 @task(
@@ -213,30 +323,60 @@ def teardown(c, hosts=None, config=None, parallel=None, json=False, purge=False,
         "config": COMMON_HELP["config"],
         "parallel": COMMON_HELP["parallel"],
         "json": COMMON_HELP["json"],
+        **RUN_HELP,
     },
 )
 def dispatch(c, task=None, host=None, all=False, hosts=None, timeout=None, fold=True, deploy=True,
-             ephemeral=False, session=None, raw=False, unrestricted=False, config=None, parallel=None, json=False):
+             ephemeral=False, session=None, raw=False, unrestricted=False, config=None, parallel=None, json=False,
+             detach=False, outdir=None, no_record=False):
     """Run one PicoClaw task on the least loaded host, a named one, or (--all/--hosts) on many."""
     handle_stops()
+    flags = dict(host=host, all=all, hosts=hosts, timeout=timeout, fold=fold, deploy=deploy, ephemeral=ephemeral,
+                 session=session, raw=raw, unrestricted=unrestricted, parallel=parallel)
+    run_dispatch(c, task, flags, config, json, detach, outdir, no_record)
+
+
+def run_dispatch(c, text, flags, config, as_json, detach, outdir, no_record, parent=None):
+    """A dispatch of `text` as `flags` say (also a rerun's): run it, record it, print it, exit 0 or 1."""
     with usage_errors():
-        from .core.tasks import session_name
+        from .core.recording import dispatch_rows, targets_of
+        from .core.tasks import check_timeout, session_name
         from .host.agent import AgentOptions
         from .verbs.answers import render_blocks, show_inline
         from .verbs.dispatch import dispatch as dispatch_task, dispatch_targets
 
-        options = AgentOptions(session_name(session) if session is not None else None, unrestricted, raw)
-        fleet = load_fleet(config, host or hosts)
-        targets = dispatch_targets(fleet, host, hosts, all)
-        run = run_context(c, fleet, targets.entries, parallel)
+        session = flags["session"]
+        options = AgentOptions(session_name(session) if session is not None else None, flags["unrestricted"],
+                               flags["raw"])
+        fleet = load_fleet(config, flags["host"] or flags["hosts"])
+        targets = dispatch_targets(fleet, flags["host"], flags["hosts"], flags["all"])
+        rec = recorder("dispatch", {**flags, "mode": targets.mode, "detach": bool(detach), "outdir": outdir},
+                       parent, detach, outdir, no_record)
+        run = run_context(c, fleet, targets.entries, flags["parallel"])
         warn_if_insecure(run)
-        report = dispatch_task(run, targets.mode, task, timeout, deploy, ephemeral, options)
+        report = dispatch_task(run, targets.mode, text, flags["timeout"], flags["deploy"], flags["ephemeral"], options,
+                               detach=rec.id if detach else None)
+        timeout_s = check_timeout(run.defaults.timeout if flags["timeout"] is None else flags["timeout"])
+    data = jsonlib.loads(report.to_json())
+    rows = dispatch_rows(data, text, timeout_s, options.session, targets_of(fleet, report_entries(run, report)))
+    if targets.mode == "broadcast":
+        human = lambda: emit_text(render_blocks(report, flags["fold"], flags["raw"]))  # noqa: E731
+    else:
+        human = lambda: show_inline(report, raw=flags["raw"])  # noqa: E731
+    finish_recorded(rec, data, rows, fleet.path, report.exit_code, as_json, human)
 
-    if json or targets.mode == "broadcast":
-        return finish(report, json, lambda r: render_blocks(r, fold, raw))
-    show_inline(report, raw=raw)
-    if report.exit_code:
-        raise Exit(code=report.exit_code)
+
+def report_entries(run, report):
+    """The config entries of the hosts a report names (dispatch's policy mode reports the probed hosts)."""
+    by_name = {entry.name: entry for entry in run.entries}
+    return [by_name[host.name] for host in report.hosts if host.name in by_name]
+
+
+def emit_text(text):
+    """Print `text` on stdout (flushed)."""
+    from .core.report import emit
+
+    emit(text)
 
 
 @task(
@@ -256,27 +396,232 @@ def dispatch(c, task=None, host=None, all=False, hosts=None, timeout=None, fold=
         "jsonl": "Stream one JSON line per task on stdout as each finishes (finish order)",
         "config": COMMON_HELP["config"],
         "parallel": "At most this many hosts connecting at once (default: the config's defaults.parallel)",
+        **RUN_HELP,
     },
 )
 def batch(c, task=None, tasks_file=None, hosts=None, timeout=None, retries=None, retry_lost=False, raw=False,
-          unrestricted=False, json=False, jsonl=False, config=None, parallel=None):
+          unrestricted=False, json=False, jsonl=False, config=None, parallel=None, detach=False, outdir=None,
+          no_record=False):
     """Run a queue of PicoClaw tasks over the hosts' free slots (max_tasks each); one result per task."""
     handle_stops()
+
+    def read():
+        from .core.tasks import read_tasks
+
+        return read_tasks(tasks_file, task)
+
+    flags = dict(tasks_file=tasks_file, hosts=hosts, timeout=timeout, retries=retries, retry_lost=retry_lost,
+                 raw=raw, unrestricted=unrestricted, parallel=parallel)
+    run_batch_tasks(c, read, flags, config, json, jsonl, detach, outdir, no_record)
+
+
+def run_batch_tasks(c, read, flags, config, as_json, jsonl, detach, outdir, no_record, parent=None):
+    """A batch of the tasks `read()` gives (also a rerun's): run, record, print, exit 0 or 1."""
     with usage_errors():
         from .core.errors import UsageError
-        from .core.tasks import read_tasks
-        from .verbs.batch import batch_settings, run_batch
+        from .core.recording import batch_rows, targets_of
+        from .verbs.batch import batch_settings, run_batch, start_detached_batch
         from .verbs.batch_report import ProgressPrinter, render_batch, summary_text
 
-        if json and jsonl:
+        if as_json and jsonl:
             raise UsageError("give --json or --jsonl, not both")
-        run = fleet_run(c, config, hosts, parallel)
-        tasks = read_tasks(tasks_file, task)
-        settings = batch_settings(run, timeout, retries, retry_lost, unrestricted)
+        if detach and jsonl:
+            raise UsageError("--jsonl streams tasks as they finish, detached ones finish later: "
+                             "use --json, then fab collect RUN --json")
+        run = fleet_run(c, config, flags["hosts"], flags["parallel"])
+        tasks = read()
+        settings = batch_settings(run, flags["timeout"], flags["retries"], flags["retry_lost"], flags["unrestricted"])
+        rec = recorder("batch", {**flags, "detach": bool(detach), "outdir": outdir}, parent, detach, outdir, no_record)
         warn_if_insecure(run)
-        report = run_batch(run, tasks, settings, ProgressPrinter(jsonl))
-    if not jsonl:
-        return finish(report, json, lambda r: render_batch(r, raw))
-    warn(summary_text(report))
-    if report.exit_code:
-        raise Exit(code=report.exit_code)
+        if detach:
+            report = start_detached_batch(run, tasks, settings, rec.id)
+        else:
+            report = run_batch(run, tasks, settings, ProgressPrinter(jsonl))
+    data = report.to_dict()
+    rows = batch_rows(data, tasks, settings.timeout_s, targets_of(run.fleet, run.entries))
+    if jsonl:
+        rec.finish(data, rows, report.exit_code, run.fleet.path)
+        warn(summary_text(report) + (f"; recorded as run {rec.id}" if rec.recorded else ""))
+        if report.exit_code:
+            raise Exit(code=report.exit_code)
+        return
+    finish_recorded(rec, data, rows, run.fleet.path, report.exit_code, as_json,
+                    lambda: emit_text(render_batch(report, flags["raw"])))
+
+
+@task(
+    klass=ShortFlagTask,
+    help={
+        "limit": "Show at most this many runs, newest first (default 20; 0 shows all)",
+        "json": "Print one JSON object on stdout instead of the table",
+        "prune": "Delete recorded runs instead of listing them (with --older-than)",
+        "older-than": "With --prune: the runs started longer ago than this, e.g. 30d, 12h, 2w (s, m, h, d, w)",
+    },
+)
+def runs(c, limit=20, json=False, prune=False, older_than=None):
+    """List the recorded runs, newest first (the run ledger); --prune --older-than 30d forgets old ones."""
+    with usage_errors(), ledger_errors():
+        from .core.errors import UsageError
+        from .core.ledger import Ledger, age_seconds
+        from .core.report import emit
+        from .verbs.runs import render_pruned, render_runs, runs_json
+
+        ledger = Ledger()
+        if prune or older_than is not None:
+            if not (prune and older_than is not None):
+                raise UsageError("--prune and --older-than go together: fab runs --prune --older-than 30d")
+            deleted, kept = ledger.prune(age_seconds(older_than))
+            emit(jsonlib.dumps({"pruned": deleted, "kept_pending": kept}) if json else
+                 render_pruned(deleted, kept, older_than))
+            return
+        text = str(limit)
+        if not (text.isascii() and text.isdigit()):
+            raise UsageError(f"--limit {limit!r}: expected a whole number of runs (0 shows all)")
+        entries = ledger.runs(int(text))
+        emit(runs_json(entries) if json else render_runs(entries))
+
+
+@task(
+    klass=ShortFlagTask,
+    help={
+        "run": "The run: its id (fab runs), a unique prefix of it, or last (the newest dispatch or batch)",
+        "json": "Print the run's JSON object, as the run printed it with --json",
+        "raw": "Show PicoClaw's stdout untouched (banner included) instead of each answer",
+        "outdir": "Also write each task's answer (and stderr) to a file in DIR, plus summary.json (DIR new or empty)",
+    },
+)
+def show(c, run, json=False, raw=False, outdir=None):
+    """Print a recorded run again, as it printed itself (or --json); exit 0 all ok, 1 some not, 3 some pending."""
+    with usage_errors(), ledger_errors():
+        from .core.ledger import Ledger
+        from .core.outdir import check_outdir
+        from .core.recording import recorded_exit_code, write_run_files
+        from .verbs.runs import show_run
+
+        ledger = Ledger()
+        recorded, rows = ledger.load(ledger.resolve(run))
+        directory = check_outdir(outdir) if outdir else None
+    show_run(recorded, rows, json, raw)
+    if directory is not None:
+        for problem in write_run_files(directory, recorded, rows):
+            warn(problem)
+    code = recorded_exit_code(rows, recorded.report.get("interrupted")) if rows else (recorded.exit_code or 0)
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    klass=ShortFlagTask,
+    help={
+        "run": "The run to repeat: its id, a unique prefix of it, or last",
+        "failed": "Only the tasks that did not end ok (a detached task not yet collected is left out)",
+        "config": "Fleet config file (default: the one the run used)",
+        "hosts": "Run on these hosts instead (batch: instead of the run's --hosts; dispatch: a broadcast to them)",
+        "parallel": "At most this many hosts at once (default: the run's)",
+        "json": COMMON_HELP["json"],
+        "jsonl": "Batch: stream one JSON line per task as each finishes",
+        **RUN_HELP,
+    },
+)
+def rerun(c, run, failed=False, config=None, hosts=None, parallel=None, json=False, jsonl=False, detach=False,
+          outdir=None, no_record=False):
+    """Run a recorded run's tasks again (--failed: those not ok), same texts, pins, timeouts, as a new run."""
+    handle_stops()
+    with usage_errors(), ledger_errors():
+        from .core.errors import UsageError
+        from .core.ledger import Ledger
+        from .core.recording import recorded_config, rerun_dispatch_flags, rerun_rows, rerun_tasks
+
+        ledger = Ledger()
+        old, rows = ledger.load(ledger.resolve(run))
+        chosen = rerun_rows(old, rows, failed)
+        if not chosen:
+            pending = sum(1 for row in rows if row.pending)
+            warn(f"nothing to rerun: every task of run {old.id} ended ok" if not pending else
+                 f"nothing to rerun in run {old.id}: {pending} task(s) still pending (fab collect {old.id})")
+            return
+        parallel = parallel if parallel is not None else old.options.get("parallel")
+        if old.verb == "dispatch":
+            if jsonl:
+                raise UsageError(f"--jsonl streams a batch's tasks; run {old.id} is a dispatch: use --json")
+            flags = {**rerun_dispatch_flags(old, chosen, hosts), "parallel": parallel}
+            config = recorded_config(old, config, flags["host"] or flags["hosts"])
+        else:
+            flags = {key: old.options.get(key) for key in ("timeout", "retries", "retry_lost", "raw", "unrestricted")}
+            flags.update(hosts=hosts if hosts is not None else old.options.get("hosts"), parallel=parallel,
+                         tasks_file=None)
+            config = recorded_config(old, config, flags["hosts"])
+    if old.verb == "dispatch":
+        return run_dispatch(c, chosen[0].text, flags, config, json, detach, outdir, no_record, parent=old.id)
+    tasks = rerun_tasks(old, chosen)
+    run_batch_tasks(c, lambda: tasks, flags, config, json, jsonl, detach, outdir, no_record, parent=old.id)
+
+
+@task(
+    klass=RunOrAll,
+    help={
+        "run": "The detached run to collect: its id, a unique prefix of it, or last",
+        "all": "Collect every run that still has tasks pending",
+        "wait": "Keep collecting until no task is left running on a host that answers",
+        "json": "Print one JSON object: the runs as fab show --json prints them, and what was collected",
+        "config": "Fleet config file (default: the one each run used)",
+        "parallel": COMMON_HELP["parallel"],
+    },
+)
+def collect(c, run, all=False, wait=False, json=False, config=None, parallel=None):
+    """Bring in the answers of detached tasks that finished; exit 0 all ok, 1 some not, 3 some still pending."""
+    handle_stops()
+    with usage_errors(), ledger_errors():
+        from .core.config import select_hosts
+        from .core.context import to_stderr
+        from .core.errors import UsageError
+        from .core.ledger import Ledger
+        from .core.recording import recorded_config_path
+        from .verbs.collect import collect as collect_runs
+
+        if bool(all) == bool(run):
+            raise UsageError("name the run to collect (fab collect RUN), or give --all (not both)")
+        ledger = Ledger()
+        run_ids = [ledger.resolve(run)] if run else ledger.pending_runs()
+
+        def connect(recorded, targets):
+            """The `RunContext` over `targets` under the run's config; {target: entry}, {target: problem}."""
+            fleet = load_fleet(recorded_config_path(recorded, config, ",".join(targets)), ",".join(targets))
+            entries, problems = {}, {}
+            for target in targets:
+                try:
+                    entries[target] = select_hosts(fleet, target)[0]
+                except UsageError as exc:
+                    problems[target] = str(exc)
+            return run_context(c, fleet, list(entries.values()), parallel), entries, problems
+
+        outcome = collect_runs(ledger, run_ids, connect, wait, notify=to_stderr)
+        loaded = [ledger.load(run_id) for run_id in outcome.runs]
+    show_collected(outcome, loaded, json)
+
+
+def show_collected(outcome, loaded, as_json):
+    """Print the runs a collect looked at (as ``fab show`` does), what it did on stderr, and exit 0, 1 or 3."""
+    from .core.recording import recorded_exit_code, recorded_json
+    from .core.report import emit
+    from .verbs.runs import show_run
+
+    for note in outcome.notes:
+        warn(note)
+    rows = [row for _, run_rows in loaded for row in run_rows]
+    if as_json:
+        emit(jsonlib.dumps({"verb": "collect", "runs": [recorded_json(run, run_rows) for run, run_rows in loaded],
+                            "collected": outcome.collected, "pending": outcome.pending,
+                            "interrupted": outcome.interrupted}, indent=2, ensure_ascii=False))
+    for run, run_rows in loaded if not as_json else ():
+        if len(loaded) > 1:
+            emit(f"==== run {run.id} ({run.verb}) ====")
+        show_run(run, run_rows)
+    if not loaded:
+        warn("nothing to collect: no run has tasks pending")
+    else:
+        warn(f"collected {outcome.collected} task{'s' if outcome.collected != 1 else ''}; "
+             f"{outcome.pending} still pending" + ("; interrupted" if outcome.interrupted else ""))
+    code = recorded_exit_code(rows, outcome.interrupted) if loaded else 0
+    if code:
+        raise Exit(code=code)

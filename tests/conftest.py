@@ -52,7 +52,8 @@ def home_env(tmp_path, guarded_env) -> dict:
     home = tmp_path / "home"
     home.mkdir()
     env = dict(guarded_env, HOME=str(home))
-    for name in ("SSH_AUTH_SOCK", "PICOCLAW_FLEET_CONFIG", "MAKEFLAGS", "MAKELEVEL"):
+    for name in ("SSH_AUTH_SOCK", "PICOCLAW_FLEET_CONFIG", "MAKEFLAGS", "MAKELEVEL", "OPENCLAW_PROFILE", "OPENCLAW_HOME",
+                 "OPENCLAW_WORKSPACE_DIR"):
         env.pop(name, None)
     return env
 

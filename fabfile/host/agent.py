@@ -69,9 +69,24 @@ class AgentOptions:
     raw: bool = False
 
 
-def agent_command(timeout_s, options=AgentOptions(), task_id=None):
-    """The shell line that reads the task from stdin and runs PicoClaw on it.
+#: The prologue of a task that arrives on stdin: read it whole (trailing newlines kept) into ``$task``.
+TASK_FROM_STDIN = ("task=$(cat; printf x)", "task=${task%x}")
 
+
+def agent_command(timeout_s, options=AgentOptions(), task_id=None):
+    """The shell line that reads the task from stdin and runs PicoClaw on it (`agent_steps`).
+
+    The task text travels on the channel's stdin (`TASK_FROM_STDIN`); the
+    shell exits with PicoClaw's status, or `NOT_INSTALLED_EXIT`.
+    """
+    return "; ".join([*TASK_FROM_STDIN, *agent_steps(timeout_s, options, task_id), "exit $rc"])
+
+
+def agent_steps(timeout_s, options=AgentOptions(), task_id=None):
+    """The shell steps that run PicoClaw on the text in ``$task`` and clean up after it; ``$rc`` is its status.
+
+    Shared by a task run over the connection (`agent_command`) and one run
+    detached on the host (`host.detached`), so both run PicoClaw the same way.
     Missing binary: exit `NOT_INSTALLED_EXIT` with the marker on stderr.
     PicoClaw runs with ``NO_COLOR`` and without ``TZ`` (a plain banner, no
     time-zone lines), its logs sent to a file (``PICOCLAW_LOG_FILE``) so that
@@ -92,8 +107,6 @@ def agent_command(timeout_s, options=AgentOptions(), task_id=None):
     log = f'"$HOME"/{shlex.quote(f"{PICOCLAW_DIR}/fleet-{task_id}.log")}'
     run = f'"$bin" agent -s {shlex.quote("agent:main:" + session)} -m "$task" </dev/null'
     steps = [
-        "task=$(cat; printf x)",
-        "task=${task%x}",
         "trap : TERM HUP",  # outlive a stop (batch's Ctrl-C) long enough to clean up after PicoClaw
         f"bin={binary}",
         f'if [ ! -x "$bin" ]; then echo "{NOT_INSTALLED_MARKER}: no executable $bin" >&2; '
@@ -119,9 +132,8 @@ def agent_command(timeout_s, options=AgentOptions(), task_id=None):
     steps += [
         f"if [ -s \"$log\" ]; then printf '%s\\n' {shlex.quote(LOG_MARKER)} >&2; cat -- \"$log\" >&2; fi",
         'rm -f -- "$log"',
-        "exit $rc",
     ]
-    return "; ".join(steps)
+    return steps
 
 
 def session_files(session):
@@ -292,16 +304,30 @@ def run_agent(cxn, task, timeout_s, options=AgentOptions()):
     duration = time.monotonic() - started
     exit_code = None if result.exited in (None, -1) else result.exited
     gone = connection_dropped(cxn, runner.channel)
-    status, message = agent_status(exit_code, result.stderr, duration, timeout_s, locally_timed_out, gone)
-    stderr, log = split_log(result.stderr)
+    return agent_result(result.stdout, result.stderr, exit_code, duration, timeout_s, options,
+                        locally_timed_out, gone, runner.dropped, runner.not_utf8)
+
+
+def agent_result(stdout, stderr, exit_code, duration_s, timeout_s, options=AgentOptions(), locally_timed_out=False,
+                 dropped=False, dropped_bytes=None, not_utf8=()):
+    """The `AgentResult` of what the remote command (`agent_steps`) left: its output, exit status and time.
+
+    One reading for a task run over the connection (`run_agent`) and one
+    collected from its files after running detached (`host.detached`).
+    `dropped` says the connection died under it; `dropped_bytes` and
+    `not_utf8` what `TaskRunner` (or the reader of the files) noted.
+    """
+    dropped_bytes = dict(dropped_bytes or {"stdout": 0, "stderr": 0})
+    status, message = agent_status(exit_code, stderr, duration_s, timeout_s, locally_timed_out, dropped)
+    stderr, log = split_log(stderr)
     if status == Status.NOT_INSTALLED:
         stderr = ""  # our prologue's marker, not PicoClaw's
-    answer = split_answer(result.stdout) if status == Status.OK or ANSWER_MARKER in result.stdout else ""
-    notes = output_notes(runner.dropped, runner.not_utf8)
+    answer = split_answer(stdout) if status == Status.OK or ANSWER_MARKER in stdout else ""
+    notes = output_notes(dropped_bytes, not_utf8)
     if notes:
         message = "; ".join(([message] if message else []) + notes)
-    return AgentResult(result.stdout, stderr, exit_code, status, message, duration, answer, log, options.session,
-                       dict(runner.dropped), tuple(sorted(runner.not_utf8)))
+    return AgentResult(stdout, stderr, exit_code, status, message, duration_s, answer, log, options.session,
+                       dropped_bytes, tuple(sorted(not_utf8)))
 
 
 def output_notes(dropped, not_utf8):

@@ -18,6 +18,11 @@ starts, is dropped and the task goes back on the queue; a task whose
 connection died while it ran is ``lost`` and runs again only with
 ``--retry-lost`` (it may have had effects). Ctrl-C stops handing out tasks,
 stops the running ones on their hosts, and still reports every task.
+
+``--detach`` (`start_detached_batch`) hands every task out at once instead:
+each host is probed, every task placed in a slot's queue on the host
+(`core.detach.place_tasks`), and each host's queues started there to run
+on their own (`host.detached`); ``fab collect`` brings the answers in.
 """
 
 import threading
@@ -25,15 +30,19 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .batch_report import batch_report
+from .batch_report import BatchHostDetails, BatchReport, batch_report
+from ..core.detach import place_tasks, slot_name, task_key, usable_hosts
 from ..core.errors import UsageError
-from ..core.scheduler import Scheduler
+from ..core.report import HostReport
+from ..core.scheduler import Scheduler, TaskOutcome, not_run
 from ..core.status import Status
 from ..core.tasks import check_pins, check_timeout
 from ..host.agent import KILL_AFTER_S, LOCAL_GRACE_S, AgentOptions, run_agent, stop_running_tasks
+from ..host.detached import DetachedTask, start_detached
 from ..host.facts import probe_host
 from ..host.paths import BINARY_PATH
 from ..ssh.connections import classify_failure, close_quietly, open_fleet
+from ..ssh.fanout import fan_out
 
 #: More runs than this of one failing task is a loop, not a retry.
 MAX_RETRIES = 100
@@ -306,3 +315,101 @@ def stop_batch(shared, connections, on_progress):
     except KeyboardInterrupt:
         pass
     shared.tell(Scheduler.abandon, "interrupted; could not confirm that it stopped on the host")
+
+
+# --- --detach -------------------------------------------------------------------------------
+
+
+def start_detached_batch(run, tasks, settings, run_id):
+    """``--detach``: start every task on a slot of a host, to run there on its own; the `BatchReport` of the start.
+
+    One probe of every host (PicoClaw present, load), then every task placed
+    at once (`core.detach.place_tasks`) and each host's queues started in one
+    visit (`host.detached.start_detached`). A task started is ``running``
+    (``fab collect`` brings its answer in); one that could not be is final
+    already: pinned to a host that is unreachable or lacks PicoClaw, or no
+    host left to take it (``not-run``).
+    """
+    if not run.entries:
+        raise UsageError(f"no hosts to run the tasks on: {run.fleet.path} lists none (or name some with --hosts user@host)")
+    check_pins(tasks, run.entries)
+    started = time.monotonic()
+    probed = fan_out(run, probe_report)
+    facts = [probe.details if probe.ok else None for probe in probed.reports]
+    hosts = usable_hosts(run.entries, facts)
+    unplaced = place_tasks(tasks, [] if probed.interrupted else hosts)
+    keys = {task.position: task_key(task.position) for task in tasks}
+    busy = [host for host in hosts if host.placed]
+    started_on = fan_out(run.on([host.entry for host in busy]),
+                         lambda cxn, entry: start_host(cxn, entry, busy, keys, settings, run_id, facts))
+    outcomes = {task.position: unplaced_outcome(task, run.entries, probed) for task in unplaced}
+    for host, report in zip(busy, started_on.reports):
+        starts = report.details if isinstance(report.details, list) else None
+        for index, task in enumerate(task for queue in host.queues for task in queue):
+            if starts is None:  # the host failed before its tasks started: none runs
+                outcomes[task.position] = TaskOutcome(task, HostReport(host.entry.name, host.entry.address,
+                                                                       report.status, 0.0, report.message), 0)
+            else:
+                start = starts[index]
+                outcomes[task.position] = TaskOutcome(task, HostReport(host.entry.name, host.entry.address,
+                                                                       start.status, start.duration_s,
+                                                                       start.message, start), 1)
+    host_reports = [detached_host_report(entry, probe, hosts, started_on.reports, busy)
+                    for entry, probe in zip(run.entries, probed.reports)]
+    return BatchReport([outcomes[task.position] for task in tasks], host_reports,
+                       sum(1 for probe in probed.reports if probe.ok) + len(busy), time.monotonic() - started,
+                       probed.interrupted or started_on.interrupted)
+
+
+def probe_report(cxn, entry):
+    """A host's probe as a `HostReport` whose details are its `HostFacts`."""
+    begun = time.monotonic()
+    facts = probe_host(cxn)
+    return HostReport(entry.name, entry.address, Status.OK, time.monotonic() - begun, details=facts)
+
+
+def start_host(cxn, entry, busy, keys, settings, run_id, facts):
+    """Start one host's queues; its report's details are the `DetachedStart` of each task, in queue order."""
+    host = next(h for h in busy if h.entry is entry)
+    slots = {slot_name(index): [DetachedTask(keys[task.position], task.data, task.timeout or settings.timeout_s,
+                                             AgentOptions(session=task.session, unrestricted=settings.unrestricted))
+                                for task in queue]
+             for index, queue in enumerate(host.queues) if queue}
+    fact = facts[host.order]
+    model = fact.worker.model if fact.worker is not None else None
+    begun = time.monotonic()
+    starts = start_detached(cxn, run_id, slots, fact.version, model)
+    by_key = {start.key: start for start in starts}
+    ordered = [by_key[keys[task.position]] for queue in host.queues for task in queue]
+    return HostReport(entry.name, entry.address, Status.OK, time.monotonic() - begun, details=ordered)
+
+
+def unplaced_outcome(task, entries, probed):
+    """The final outcome of a task no host could take: its pinned host's status, or ``not-run``."""
+    if probed.interrupted:
+        return TaskOutcome(task, not_run("interrupted before it started"), 0)
+    for entry, probe in zip(entries, probed.reports):
+        if task.host == entry.name:
+            status, message = (probe.status, probe.message) if not probe.ok else (
+                Status.NOT_INSTALLED, f"PicoClaw is not installed at ~/{BINARY_PATH} (fab deploy installs it)")
+            return TaskOutcome(task, HostReport(entry.name, entry.address, status, 0.0,
+                                                f"pinned to {entry.name}, which is {status}: {message}"), 0)
+    return TaskOutcome(task, not_run("no reachable host with PicoClaw to start it on"), 0)
+
+
+def detached_host_report(entry, probe, hosts, start_reports, busy):
+    """A host's part in a detached start: its probe's status, or its start's; its slots and tasks started."""
+    host = next((h for h in hosts if h.entry is entry), None)
+    if host is None:
+        status, message = (probe.status, probe.message) if not probe.ok else (
+            Status.NOT_INSTALLED, f"PicoClaw is not installed at ~/{BINARY_PATH}")
+        return HostReport(entry.name, entry.address, status, probe.duration_s, message,
+                          BatchHostDetails(0, 0, None, None))
+    report = start_reports[busy.index(host)] if host in busy else None
+    if report is not None and not report.ok:
+        status, message = report.status, report.message
+    else:
+        status, message = (Status.OK, "") if host in busy else (Status.UNUSED, "no task was placed on it")
+    return HostReport(entry.name, entry.address, status, probe.duration_s + (report.duration_s if report else 0.0),
+                      message, BatchHostDetails(len(host.queues), host.placed if report and report.ok else 0,
+                                                host.load1, host.ncpu))

@@ -12,12 +12,15 @@ Three ways to pick where the task runs:
 
 A single host lacking PicoClaw is deployed to first (unless ``--no-deploy``);
 ``--ephemeral`` deploys where needed, runs, and tears the worker down again.
-The run itself -- remote command, deadline, status -- is `host.agent`'s.
+The run itself -- remote command, deadline, status -- is `host.agent`'s;
+with ``--detach`` the task is started on the host and left to run there
+(`host.detached`), to be collected later.
 """
 
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from ..core.config import no_hosts_selected, select_hosts
 from ..core.errors import UsageError
@@ -26,6 +29,7 @@ from ..core.report import FleetReport, HostReport
 from ..core.status import Status
 from ..core.tasks import check_timeout, task_bytes
 from ..host.agent import AgentOptions, AgentResult, agent_report, run_agent, stop_running_tasks
+from ..host.detached import start_one
 from ..host.facts import probe_host
 from ..host.install import deploy_host, deploy_plan
 from ..host.removal import teardown_host
@@ -76,21 +80,26 @@ def dispatch_targets(fleet, host=None, hosts=None, all_hosts=False):
     return Targets(list(fleet.hosts), "policy")
 
 
-def dispatch(run, mode, text, timeout_s=None, deploy=True, ephemeral=False, options=AgentOptions()):
+def dispatch(run, mode, text, timeout_s=None, deploy=True, ephemeral=False, options=AgentOptions(), detach=None):
     """Run `text` as a PicoClaw task on `run`'s hosts as `mode` says; the ``dispatch`` `FleetReport`.
 
     The task text, the timeout and (for ``--ephemeral``) the deploy plan are
     checked before any host is contacted. ``run.notify`` hears the chosen
-    host and the deploy and teardown steps.
+    host and the deploy and teardown steps. `detach` (the run's id) starts
+    the task detached on each host instead: its status is then ``running``.
     """
     if ephemeral and not deploy:
         raise UsageError("--ephemeral deploys where PicoClaw is missing; it cannot be combined with --no-deploy")
+    if ephemeral and detach:
+        raise UsageError("--ephemeral tears the worker down after the task; a detached task outlives the run: "
+                         "give one or the other")
     task = task_bytes(text)
     timeout_s = check_timeout(run.defaults.timeout if timeout_s is None else timeout_s)
     deployer = Deployer(run.fleet) if ephemeral or (deploy and mode != "broadcast") else None
     if ephemeral:
         deployer.plan()
-    worker = Worker(task, timeout_s, deployer, ephemeral, run.notify, run.defaults.connect_timeout, options)
+    worker = Worker(task, timeout_s, deployer, ephemeral, run.notify, run.defaults.connect_timeout, options,
+                    partial(start_one, run_id=detach) if detach else run_agent)
     if mode == "broadcast":
         done = fan_out_task(run, worker.run)
         report = FleetReport("dispatch", done.reports, interrupted=done.interrupted)
@@ -181,6 +190,7 @@ class Worker:
     notify: object = None
     connect_timeout: float = 10
     options: AgentOptions = AgentOptions()
+    runner: object = run_agent  # `host.detached.start_one` for --detach
 
     def run(self, cxn, entry):
         """The per-host function for `fanout.fan_out`."""
@@ -196,12 +206,12 @@ class Worker:
 
     def deploy_and_run(self, cxn, entry, steps):
         """Run the task; where PicoClaw is missing and deploying is allowed, deploy and run again."""
-        result = run_agent(cxn, self.task, self.timeout_s, self.options)
+        result = self.runner(cxn, self.task, self.timeout_s, self.options)
         if result.status == Status.NOT_INSTALLED and self.deployer is not None:
             deployed = self.step(steps, entry, "deploy", lambda: self.deployer.deploy(cxn, entry))
             if not deployed.ok:
                 return deployed_failure(deployed, result)
-            result = run_agent(cxn, self.task, self.timeout_s, self.options)
+            result = self.runner(cxn, self.task, self.timeout_s, self.options)
         if self.ephemeral:
             steps.append({"step": "run", "status": result.status, "duration_s": round(result.duration_s, 3)})
         return agent_report(entry, result)

@@ -36,17 +36,17 @@ def confirm_teardown(fleet, entries, spec, yes, stdin=None, stderr=None):
 
 
 def teardown_fleet(run, purge=False):
-    """The ``teardown`` verb over `run` (a `RunContext`): `teardown_host` on every host."""
-    done = fan_out(run, lambda cxn, entry: teardown_host(cxn, entry, purge))
+    """The ``teardown`` verb over `run` (a `RunContext`): `teardown_host` on every host, detached tasks' leftovers too."""
+    done = fan_out(run, lambda cxn, entry: teardown_host(cxn, entry, purge, detached=True))
     return FleetReport("teardown", done.reports, {"purge": bool(purge)}, interrupted=done.interrupted)
 
 
 def render_teardown(report):
-    """One row a host: what was removed, what was already absent; then the summary."""
+    """One row a host: what was removed, what was already absent (DETACHED: the detached tasks); then the summary."""
     rows = []
     for host in report.hosts:
         d = host.details.to_dict() if host.details is not None else {}
         rows.append([host.name, host.address, host.status, d.get("binary", "-"), d.get("env", "-"),
-                     d.get("picoclaw_dir", "-"), host.message])
-    headers = ["HOST", "ADDRESS", "STATUS", "BINARY", ".ENV", "~/.PICOCLAW", "NOTE"]
+                     d.get("picoclaw_dir", "-"), d.get("detached", "-"), host.message])
+    headers = ["HOST", "ADDRESS", "STATUS", "BINARY", ".ENV", "~/.PICOCLAW", "DETACHED", "NOTE"]
     return render_table(rows, headers) + "\n" + summary_line(report)
