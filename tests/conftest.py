@@ -33,6 +33,16 @@ def pytest_runtest_call(item):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_ledger(tmp_path_factory):
+    """Every run the tests make is recorded in a ledger of the session's own, never in the
+    user's ~/.local/state: the CLIs the tests start inherit it through the environment."""
+    path = tmp_path_factory.mktemp("ledger") / "runs.sqlite"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PICOCLAW_FLEET_LEDGER", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session", autouse=True)
 def loopback_guard():
     """Refuse non-loopback connects in the pytest process for the whole run,
     so a product bug cannot send traffic off-box."""

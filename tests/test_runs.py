@@ -20,6 +20,7 @@ import pytest
 from fabfile.core.ledger import Ledger, utc_now
 from fabfile.core.outdir import safe_name
 from harness.cli import FAB, REPO, fab, fab_json
+from harness.standin import STANDIN_MODEL_NAME
 
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
 #: Human output shows durations (rounded to 2 places); the ledger keeps the milliseconds --json has.
@@ -88,6 +89,8 @@ def test_a_batch_is_recorded_as_it_printed_and_shown_again(workers, fleet_config
         ("ok", "it's \"quoted\" $(not run) 🦞", 0, 1), ("failed", "", 1, 1), ("ok", "pinned", 0, 1)]
     assert rows[1].stderr == "Error: stand-in failure: no quota\n"
     assert rows[2].host == workers[1].name and rows[2].target == workers[1].name
+    # what the batch's probe found on each task's host (the stand-in's provisioned model)
+    assert {(row.picoclaw_version, row.model) for row in rows} == {("0.1.0", STANDIN_MODEL_NAME)}
 
     human = fab(["batch", "--config", config, "--tasks-file", tasks], env)
     run_id = re.search(r"recorded as run (\S+)", human.stderr).group(1)

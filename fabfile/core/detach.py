@@ -17,9 +17,10 @@ its host. Nothing here talks to a host.
 from dataclasses import dataclass, field
 
 from .policy import load_rank
+from .status import Status
 
 #: The ledger's word for a task started detached and not collected yet.
-RUNNING = "running"
+RUNNING = Status.RUNNING
 
 
 def task_key(seq):

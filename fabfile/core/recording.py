@@ -51,8 +51,13 @@ def capped(item):
     return record
 
 
-def task_row(seq, item, text, targets, pin=None, timeout_s=None, session=None):
-    """The `TaskRow` of one task's JSON object `item` (its text and how it ran given alongside)."""
+def task_row(seq, item, text, targets, pin=None, timeout_s=None, session=None, host_json=None):
+    """The `TaskRow` of one task's JSON object `item` (its text and how it ran given alongside).
+
+    PicoClaw's version and model come from the task's own object, else from
+    its host's (`host_json`: a batch host's, as its probe found them).
+    """
+    probed = host_json or {}
     record = capped(item)
     host = item.get("host", item.get("name"))
     detached = item.get("detached") or {}
@@ -63,7 +68,8 @@ def task_row(seq, item, text, targets, pin=None, timeout_s=None, session=None):
         message=item.get("message", ""), pin=pin, timeout_s=timeout_s, session=session,
         answer=item.get("answer") or "", stderr=record.get("stderr") or "", exit_code=item.get("exit_code"),
         duration_s=item.get("duration_s"), attempts=item.get("attempts", 0 if status in NEVER_RAN else 1),
-        picoclaw_version=item.get("picoclaw_version"), model=item.get("model"),
+        picoclaw_version=item.get("picoclaw_version") or probed.get("picoclaw_version"),
+        model=item.get("model") or probed.get("model"),
         remote_key=detached.get("key"), slot=detached.get("slot"),
     )
 
@@ -75,9 +81,13 @@ def dispatch_rows(data, text, timeout_s, session, targets):
 
 
 def batch_rows(data, tasks, timeout_s, targets):
-    """A batch's rows: one per task, in input order (`tasks` are the run's `tasks.Task`s, the same order)."""
+    """A batch's rows: one per task, in input order (`tasks` are the run's `tasks.Task`s, the same order).
+
+    A task's PicoClaw version and model are its host's, as the batch's probe found them.
+    """
+    probed = {host.get("name"): host for host in data.get("hosts", [])}
     return [task_row(seq, item, task.data.decode("utf-8"), targets, task.host, task.timeout or timeout_s,
-                     task.session)
+                     task.session, probed.get(item.get("host")))
             for seq, (item, task) in enumerate(zip(data["tasks"], tasks))]
 
 

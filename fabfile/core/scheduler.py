@@ -54,6 +54,8 @@ class HostState:
     tasks_run: int = 0
     load1: float | None = None
     ncpu: int | None = None
+    version: str | None = None  # PicoClaw's, as the probe found it (the ledger keeps it per task)
+    model: str | None = None
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 

@@ -24,6 +24,8 @@ class Status(str, Enum):
     NOT_INSTALLED = "not-installed"
     # a run that was stopped (Ctrl-C, SIGTERM, SIGHUP) or never reached the host
     INTERRUPTED = "interrupted"
+    # a detached task (``--detach``) that `fab collect` has not brought in yet
+    RUNNING = "running"
     NOT_RUN = "not-run"
     UNUSED = "unused"
     # deploy: why a host's binary cannot be had (`host.release.AssetProblem`)

@@ -175,6 +175,7 @@ def serve_host(shared, host, cxn, settings, setup_bound):
         facts = connect_host(shared, host, cxn, setup_bound, settings.connect_timeout)
         if facts is None:
             return
+        host.version, host.model = facts.version, facts.worker.model if facts.worker else None
         slots = shared.tell(Scheduler.host_ready, host, facts.load1, facts.ncpu)
         helpers = [start_thread(work_slot, shared, slot, cxn, settings) for slot in slots[1:]]
         work_slot(shared, slots[0], cxn, settings)

@@ -71,16 +71,18 @@ class BatchHostDetails:
     tasks_run: int
     load1: float | None
     ncpu: int | None
+    picoclaw_version: str | None = None
+    model: str | None = None
 
     def to_dict(self):
-        """The fields a host's ``--json`` object adds: ``slots``, ``tasks_run``, ``load1``, ``ncpu``."""
+        """The fields a host's ``--json`` object adds: slots, tasks run, load, CPUs, PicoClaw's version and model."""
         return asdict(self)
 
 
 def host_report(host):
     """A host's part in the batch (a `core.scheduler.HostState`) as a `HostReport` with `BatchHostDetails`."""
     ended = host.ended if host.ended is not None else host.started
-    details = BatchHostDetails(host.slots, host.tasks_run, host.load1, host.ncpu)
+    details = BatchHostDetails(host.slots, host.tasks_run, host.load1, host.ncpu, host.version, host.model)
     return HostReport(host.name, host.entry.address, host.status, max(0.0, ended - host.started), host.message, details)
 
 
