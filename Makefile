@@ -49,17 +49,32 @@ batch: venv
 demo: venv sshd
 	$(PY) demo/run_demo.py
 
-# The benchmarks (see README, Performance). parallel-ssh, a baseline they compare with, goes
-# into a directory of its own that only bench/run.py puts on its path: never a dependency of ours.
-BENCH_EXTRAS := $(VENV)/bench-extras
-bench: venv sshd $(BENCH_EXTRAS)/.installed
+# The benchmarks (see README, Performance). What they compare with -- parallel-ssh, pyinfra,
+# Ansible, ClusterShell (and matplotlib for bench/fleet-sizes.png) -- goes into a directory of its
+# own each under .venv/bench-peers, pdsh from Debian: never a dependency of ours, and only bench/
+# starts them. A peer that cannot be installed is reported, and its column says so.
+BENCH_PEERS  := $(VENV)/bench-peers
+BENCH_EXTRAS := $(BENCH_PEERS)/parallel-ssh
+PEER_VENVS   := pyinfra ansible clustershell matplotlib
+.PHONY: bench-peers bench-pdsh
+bench: venv sshd bench-peers
 	$(PY) bench/run.py $(BENCH_ARGS)
+bench-peers: $(BENCH_EXTRAS)/.installed $(PEER_VENVS:%=$(BENCH_PEERS)/%/.installed) bench-pdsh
 $(BENCH_EXTRAS)/.installed: bench/requirements.txt $(STAMP)
-	$(PY) -m pip install -q --upgrade --target $(BENCH_EXTRAS) -r bench/requirements.txt
-	touch $@
+	@if $(PY) -m pip install -q --upgrade --target $(BENCH_EXTRAS) -r bench/requirements.txt; then touch $@; \
+	  else echo "bench: parallel-ssh is not installed; its rows will say so" >&2; fi
+$(BENCH_PEERS)/%/.installed: bench/requirements-%.txt
+	@echo "installing bench peer $* into $(@D) (a venv of its own)"
+	@if $(PYTHON) -m venv --clear $(@D) && $(@D)/bin/python -m pip install -q --upgrade pip \
+	    && $(@D)/bin/python -m pip install -q -r $<; then touch $@; \
+	  else echo "pip install -r $< failed" > $(@D)/.failed; echo "bench: $* is not installed; its column will say so" >&2; fi
+bench-pdsh:
+	@command -v pdsh >/dev/null || { echo "installing pdsh (Debian package), a bench peer"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pdsh >/dev/null; } \
+	  || echo "bench: pdsh is not installed; its column will say so" >&2; }
 
 lint: $(LINT_STAMP)
-	$(PY) -m pyflakes fabfile harness tests tasks.py $(wildcard demo bench)
+	$(PY) -m pyflakes fabfile harness skill tests tasks.py $(wildcard demo bench)
 	$(VENV)/bin/lint-imports
 $(LINT_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[lint]'

@@ -1,8 +1,10 @@
-"""The six figures of ``make bench``, each a function from the running `Bench` to table rows.
+"""The figures of ``make bench``, each a function from the running `Bench` to table rows.
 
 Every figure sets up the host state it needs (stand-in installed or not)
 on its own subset of the fleet, so figures can run alone (``--only 3``)
 and in any order. Our side and the baseline alternate within one loop.
+Figures 7 (fleet sizes against the peer tools) and 8 (warm connections)
+live in bench/sizes.py.
 """
 
 import math
@@ -19,6 +21,7 @@ from harness.standin import build_standin
 from harness.testbed import DEFAULT_PATH, installed_binary
 
 from . import baselines, verbs
+from .sizes import figure_sizes, figure_warm
 from .fleet import TIMEOUT_S, VERSION
 from .measure import Measured, Sample, interleaved, run_child
 from .results import Goal, Row
@@ -418,4 +421,6 @@ FIGURES = {
     "4": figure_batch,
     "5": figure_cli,
     "6": figure_rss,
+    "7": figure_sizes,
+    "8": figure_warm,
 }

@@ -46,6 +46,8 @@ class Row:
     goal: Goal = None
     notes: list = field(default_factory=list)
     error: str = ""
+    absent: str = ""  # a figure that cannot be measured yet by design ("not built"): said, never an error
+    tags: dict = field(default_factory=dict)  # what the row is a point of, for tables built over rows (figure 7)
 
     @property
     def ratio(self):
@@ -70,6 +72,8 @@ class Row:
         """The table's cells for this row."""
         if self.error:
             return [self.figure, self.what, "-", self.baseline_what or "-", "-", self.goal_text(), "error"]
+        if self.absent:
+            return [self.figure, self.what, self.absent, self.baseline_what or "-", "-", self.goal_text(), "-"]
         baseline = f"{self.baseline_what}: {self.baseline.text()}" if self.baseline else (self.baseline_what or "-")
         ratio = self.ratio.text() if self.ratio else "-"
         return [self.figure, self.what, self.ours.text(), baseline, ratio, self.goal_text(), self.verdict]
@@ -86,6 +90,10 @@ class Row:
                 "notes": self.notes}
         if self.error:
             data["error"] = self.error
+        if self.absent:
+            data["absent"] = self.absent
+        if self.tags:
+            data["tags"] = self.tags
         return data
 
 
@@ -105,4 +113,5 @@ def render(rows):
 def write_json(path, rows, run_info):
     """``bench/results.json``: how the run was made, then every row."""
     data = {**run_info, "figures": [row.to_json() for row in rows]}
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,155 @@
+"""Figures 7 and 8: our CLI and the peer tools at 16/64/256 hosts (512 with --large), and warm connections.
+
+Figure 7 times whole processes -- each tool started as a user starts it, so
+interpreter start, imports and config parsing count for everyone -- against
+a bare Fabric ``ThreadingGroup`` script running ``true`` (bench/scripts/),
+started the same way, on the same hosts, in the same interleaved rounds: our
+``fab dispatch --all`` and ``fab status``, then every peer of bench/peers.py.
+A peer that is not installed, or that fails, gets an error row; the others
+are still measured. Figure 8 is the warm-connection figure: a second
+``dispatch --all`` over connections kept open, once fabfile has them.
+"""
+
+import json
+import sys
+
+from . import peers
+from .measure import interleaved, run_child
+from .results import Row
+
+#: From this fleet size on, figure 7 makes at most `LARGE_REPS` repetitions (each round runs nine tools).
+LARGE_FROM = 256
+LARGE_REPS = 3
+#: The warm-connection figure's fleet.
+WARM_HOSTS = 64
+BASELINE_WHAT = "ThreadingGroup script ('true')"
+TASK_TEXT = "bench: hello"
+
+
+def size_reps(reps, hosts):
+    """Repetitions at a fleet size: all of them below `LARGE_FROM` hosts, at most `LARGE_REPS` from it on."""
+    return reps if hosts < LARGE_FROM else min(reps, LARGE_REPS)
+
+
+def figure_sizes(bench):
+    """Figure 7: one group of rows per fleet size."""
+    rows = []
+    for hosts in bench.options.sizes:
+        print(f"bench: figure 7 at {hosts} hosts ...", file=sys.stderr, flush=True)
+        rows += size_rows(bench, hosts, first=not rows)
+    return rows
+
+
+class Side:
+    """One tool of a round: its process, checked; after a failure it stops running (and is reported)."""
+
+    def __init__(self, argv, env, cwd, check):
+        self.argv, self.env, self.cwd, self.check = [str(a) for a in argv], env, cwd, check
+        self.error = ""
+
+    def __call__(self):
+        if self.error:
+            return None
+        try:
+            self.check(run_child(self.argv, env=self.env, cwd=self.cwd))
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def size_rows(bench, count, first):
+    """Figure 7 at `count` hosts: the rows ``7a/N`` (ours) ... ``7h/N`` (the peers)."""
+    from .figures import ROOT, expect_all_ok
+    from .verbs import VerbFailed, summary
+
+    hosts = bench.fleet.hosts[:count]
+    bench.fleet.install_standin(hosts)
+    files = peers.SizeFiles(hosts, bench.fleet.client_key, bench.fleet.known_hosts,
+                            bench.workdir / f"peers-{count}").write()
+    config = bench.fleet.config(f"sizes-{count}", hosts, count)
+    python, fab = sys.executable, str(bench.bindir / "fab")
+
+    def bare_ok(run):
+        if run.returncode != 0:
+            raise peers.PeerFailed(f"exited {run.returncode}: {run.stderr.strip()[-300:]}")
+        peers.expect_ok_count(run, files)
+
+    def cli_ok(verb):
+        def check(run):
+            if run.returncode != 0:
+                said = summary(run.stdout) if run.stdout.strip() else run.stderr.strip()[-300:]
+                raise VerbFailed(f"fab {verb} exited {run.returncode}: {said}")
+            data = expect_all_ok(json.loads(run.stdout), count, verb)
+            if verb == "dispatch" and any(h["answer"] != TASK_TEXT for h in data["hosts"]):
+                raise VerbFailed("dispatch: a host answered something other than the task text")
+        return check
+
+    tg_argv = [python, peers.SCRIPTS / "threading_group_true.py", files.path("hosts.json")]
+    sides = {
+        "threading-group": Side(tg_argv, bench.env, files.directory, bare_ok),
+        "dispatch": Side([fab, "dispatch", "--all", "--task", TASK_TEXT, "--config", config, "--json"],
+                         bench.env, ROOT, cli_ok("dispatch")),
+        "status": Side([fab, "status", "--config", config, "--json"], bench.env, ROOT, cli_ok("status")),
+    }
+    commands = {key: peers.Invocation(side.argv).text() for key, side in sides.items()}
+    absent = {}
+    for peer in peers.PEERS:
+        absent[peer.key] = peer.missing()
+        if absent[peer.key]:
+            continue
+        invocation = peer.invocation(files, python)
+        sides[peer.key] = Side(invocation.argv, peers.merged_env(bench.env, invocation.env), invocation.cwd,
+                               lambda run, peer=peer: peer.check(run, files))
+        commands[peer.key] = invocation.text()
+    reps = size_reps(bench.options.reps, count)
+    s = interleaved(reps, sides)
+
+    tools = [("a", "dispatch", "fab dispatch --all (CLI)", "a task through the stand-in PicoClaw")]
+    tools += [("b", "status", "fab status (CLI)", "the status probe")]
+    tools += [(chr(ord("c") + i), p.key, p.label, f"{p.ran}, {p.version()}") for i, p in enumerate(peers.PEERS)]
+    baseline_error = sides["threading-group"].error
+    rows = []
+    for letter, key, label, ran in tools:
+        row = Row(f"7{letter}/{count}", f"{label}, {count} hosts", baseline_what=BASELINE_WHAT,
+                  tags={"tool": key, "label": label, "hosts": count})
+        error = absent.get(key) or sides[key].error or (baseline_error and f"the baseline failed: {baseline_error}")
+        if error:
+            row.error = error
+        else:
+            row.ours, row.baseline = s[key], s["threading-group"]
+        if first:
+            row.notes.append(f"runs {ran}: {commands.get(key, '(not installed)')}")
+        rows.append(row)
+    rows[0].notes.insert(0, f"{reps} interleaved repetitions at {count} hosts"
+                         + (f" (at most {LARGE_REPS} from {LARGE_FROM} hosts on, to keep the run short)"
+                            if reps < bench.options.reps else "")
+                         + f"; fanout {files.fanout} (one per host) for every tool; whole processes; every "
+                         "OpenSSH-based peer uses the same ssh_config (curve25519-sha256, no ControlMaster)")
+    if first:
+        rows[0].notes.insert(1, f"baseline: {commands['threading-group']}")
+    return rows
+
+
+# ---- 8. warm connections ----------------------------------------------------------------
+
+
+def persist_built():
+    """Whether fabfile has persistent connections: a ``persist`` task, or ``defaults.persist`` in its config."""
+    from fabfile.core import config
+
+    from .verbs import TASKS
+
+    return "persist" in TASKS.task_names or "persist" in getattr(config, "DEFAULTS", {})
+
+
+def figure_warm(bench):
+    """Figure 8: a second ``dispatch --all`` to 64 hosts over warm connections, against the bare script."""
+    what = f"fab dispatch --all, warm connections (a second run), {WARM_HOSTS} hosts"
+    if not persist_built():
+        row = Row("8", what, baseline_what=BASELINE_WHAT, absent="not built")
+        row.notes.append("needs persistent connections (`fab persist` / defaults.persist), which fabfile does "
+                         "not have yet: no number until it does")
+        return [row]
+    row = Row("8", what, baseline_what=BASELINE_WHAT, absent="built, not yet measured")
+    row.notes.append("fabfile has persistent connections now; the bench does not drive them yet")
+    return [row]
