@@ -84,7 +84,7 @@ PROBE_COMMAND = (
     f'bin="$HOME/{BINARY_PATH}"; note="$HOME/{VERSION_CACHE}"; '
     'if [ ! -x "$bin" ]; then echo version_rc=127; '
     f'elif [ "$bin" -ef "$HOME/{VERSION_CACHE_BINARY}" ] && [ ! "$bin" -nt "$note" ] && read -r v < "$note"; then '
-    "echo version_rc=0; printf 'version=%s\\n' \"$v\"; "
+    "echo version_rc=0; echo version_from=note; printf 'version=%s\\n' \"$v\"; "
     f'else v=$(unset TZ; export NO_COLOR=1; {_VERSION_RUN} 2>&1 </dev/null); '
     'echo "version_rc=$?"; v=${v#*"picoclaw "}; '
     "nl='\n'; printf 'version=%s\\n' \"${v%%\"$nl\"*}\"; fi; "
@@ -109,6 +109,8 @@ class HostFacts:
     env_present: bool
     latency_ms: float | None = None
     worker: "WorkerConfig | None" = None
+    #: The version came from deploy's note, still true of the binary (`paths.VERSION_CACHE`).
+    version_noted: bool = False
 
     @property
     def installed(self):
@@ -185,6 +187,7 @@ def parse_probe(stdout):
         ncpu=int(values["ncpu"]) if values.get("ncpu", "").strip().isdigit() else None,
         env_present=values.get("env") == "yes",
         worker=worker_config(config_text, security_text),
+        version_noted=installed and values.get("version_from") == "note",
     )
 
 

@@ -195,7 +195,8 @@ def deploy_host(cxn, entry, plan, facts=None):
         binary = plan.binaries.for_arch(facts.arch)
         outcome.binary, outcome.version, outcome.previous_version = install_binary(cxn, binary, facts, plan, count)
         private_dir(cxn)  # once, for .env, the version note and PicoClaw's config and key files alike
-        record_version(cxn, outcome.version, outcome.binary != "unchanged", count)
+        if outcome.binary != "unchanged" or not facts.version_noted:  # the probe found the note still true
+            record_version(cxn, outcome.version, count)
         outcome.env = "written" if write_env(cxn, plan, count) else "unchanged"
         outcome.onboard = onboard(cxn, plan.timeout)
         choice = plan.model_for(entry)
@@ -234,26 +235,20 @@ def install_binary(cxn, binary, facts, plan, on_bytes=None):
     return install_outcome(current, binary.sha256, facts.version, version), version, previous
 
 
-def record_version(cxn, version, replaced, on_bytes=None):
+def record_version(cxn, version, on_bytes=None):
     """Leave the status probe a note of the installed binary's `version`, and a hard link to that binary.
 
     The probe trusts the note only while ~/.local/bin/picoclaw is the linked
     file (``test -ef``: same inode, so a binary renamed or unpacked over it
     by anyone else is run for its version again) and not newer than the note
-    (``test -nt``: one rewritten in place). Done when the binary was
-    `replaced` or the note is missing, different or older than the binary:
-    a re-deploy of the same release writes nothing.
+    (``test -nt``: one rewritten in place). `deploy_host` calls this when it
+    replaced the binary or its probe did not trust the note: a re-deploy of
+    the same release writes nothing.
     """
     if not version or version == "unknown":
         return
-    data = f"{version}\n".encode()
-    if not replaced:
-        note, binary = remote_files.stat_or_none(cxn, VERSION_CACHE), remote_files.stat_or_none(cxn, BINARY_PATH)
-        if note is not None and binary is not None and note.st_mtime >= binary.st_mtime \
-                and remote_files.read(cxn, VERSION_CACHE, len(data) + 1) == data:
-            return
     remote_files.hard_link(cxn, BINARY_PATH, VERSION_CACHE_BINARY)
-    remote_files.write(cxn, VERSION_CACHE, data, 0o600, on_bytes)
+    remote_files.write(cxn, VERSION_CACHE, f"{version}\n".encode(), 0o600, on_bytes)
 
 
 def install_outcome(current_sha, new_sha, old_version, new_version):
