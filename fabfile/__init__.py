@@ -29,25 +29,21 @@ COMMON_HELP = {
 
 
 @contextmanager
-def usage_errors():
-    """Turn a `UsageError` into one line on stderr and exit code 2."""
+def usage_errors(*more):
+    """Turn a `UsageError` (or one of `more`) into one line on stderr and exit code 2."""
     from .core.errors import UsageError
 
     try:
         yield
-    except UsageError as exc:
+    except (UsageError, *more) as exc:
         raise Exit(f"picoclaw-fleet: {exc}", code=2) from None
 
 
-@contextmanager
 def ledger_errors():
-    """A ledger that cannot be read (``fab runs``, ``show``, ``rerun``, ``collect``): one line on stderr, exit 2."""
+    """`usage_errors`, and a ledger that cannot be read (``fab runs``, ``show``, ``rerun``, ``collect``)."""
     from .core.ledger import LedgerError
 
-    try:
-        yield
-    except LedgerError as exc:
-        raise Exit(f"picoclaw-fleet: {exc}", code=2) from None
+    return usage_errors(LedgerError)
 
 
 def handle_stops():
@@ -460,7 +456,7 @@ def run_batch_tasks(c, read, flags, config, as_json, jsonl, detach, outdir, no_r
 )
 def runs(c, limit=20, json=False, prune=False, older_than=None):
     """List the recorded runs, newest first (the run ledger); --prune --older-than 30d forgets old ones."""
-    with usage_errors(), ledger_errors():
+    with ledger_errors():
         from .core.errors import UsageError
         from .core.ledger import Ledger, age_seconds
         from .core.report import emit
@@ -492,7 +488,7 @@ def runs(c, limit=20, json=False, prune=False, older_than=None):
 )
 def show(c, run, json=False, raw=False, outdir=None):
     """Print a recorded run again, as it printed itself (or --json); exit 0 all ok, 1 some not, 3 some pending."""
-    with usage_errors(), ledger_errors():
+    with ledger_errors():
         from .core.ledger import Ledger
         from .core.outdir import check_outdir
         from .core.recording import recorded_exit_code, write_run_files
@@ -527,7 +523,7 @@ def rerun(c, run, failed=False, config=None, hosts=None, parallel=None, json=Fal
           outdir=None, no_record=False):
     """Run a recorded run's tasks again (--failed: those not ok), same texts, pins, timeouts, as a new run."""
     handle_stops()
-    with usage_errors(), ledger_errors():
+    with ledger_errors():
         from .core.errors import UsageError
         from .core.ledger import Ledger
         from .core.recording import recorded_config, rerun_dispatch_flags, rerun_rows, rerun_tasks
@@ -571,7 +567,7 @@ def rerun(c, run, failed=False, config=None, hosts=None, parallel=None, json=Fal
 def collect(c, run, all=False, wait=False, json=False, config=None, parallel=None):
     """Bring in the answers of detached tasks that finished; exit 0 all ok, 1 some not, 3 some still pending."""
     handle_stops()
-    with usage_errors(), ledger_errors():
+    with ledger_errors():
         from .core.config import select_hosts
         from .core.context import to_stderr
         from .core.errors import UsageError

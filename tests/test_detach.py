@@ -19,7 +19,7 @@ from fabfile.host.agent import stop_running_tasks
 from fabfile.host.detached import DetachedTask, Placed, collect_host, run_dir, start_detached
 from harness.cli import connect, fab, fab_json
 from harness.testbed import installed_binary
-from tests.test_dispatch import wait_until
+from tests.test_dispatch import agent_processes, wait_until
 
 
 @pytest.fixture
@@ -36,10 +36,6 @@ def env(guarded_env, ledger_path):
 def fresh(testbed):
     """Factory: `n` new hosts with the stand-in, this test's own."""
     return lambda n=1: testbed.add_workers(n, prefix="dt")
-
-
-def agent_processes(testbed, host):
-    return testbed.processes(host, "picoclaw agent")
 
 
 def runs_dir(host):
