@@ -26,6 +26,7 @@ COMMON_HELP = {
     "parallel": "At most this many hosts at once (default: the config's defaults.parallel)",
     "json": "Print one JSON object on stdout instead of human output",
 }
+PERSIST_HELP = "Keep the SSH connections warm this many seconds for the next run (default: defaults.persist; 0: off)"
 
 
 @contextmanager
@@ -60,19 +61,19 @@ def load_fleet(config, hosts):
     return load_for_targets(config, hosts)
 
 
-def run_context(c, fleet, entries, parallel):
-    """The verb's `RunContext`: the fleet, the hosts it acts on, ``--parallel``, Fabric's config."""
+def run_context(c, fleet, entries, parallel, persist=None):
+    """The verb's `RunContext`: the fleet, the hosts it acts on, ``--parallel``, ``--persist``, Fabric's config."""
     from .core.context import RunContext, to_stderr
 
-    return RunContext(fleet, entries, parallel_option(parallel), c.config, to_stderr)
+    return RunContext(fleet, entries, parallel_option(parallel), c.config, to_stderr, persist_option(persist))
 
 
-def fleet_run(c, config, hosts, parallel):
+def fleet_run(c, config, hosts, parallel, persist=None):
     """The `RunContext` of a verb over the hosts ``--hosts`` selects (all when not given)."""
     from .core.config import select_hosts
 
     fleet = load_fleet(config, hosts)
-    return run_context(c, fleet, select_hosts(fleet, hosts), parallel)
+    return run_context(c, fleet, select_hosts(fleet, hosts), parallel, persist)
 
 
 def finish(report, as_json, render):
@@ -209,14 +210,33 @@ def parallel_option(value):
     return int(text)
 
 
-@task(klass=ShortFlagTask, help=COMMON_HELP)
-def status(c, hosts=None, config=None, parallel=None, json=False):
+#: ``--persist`` and ``defaults.persist`` keep connections at most a day (fleet.schema.json says the same).
+MAX_PERSIST_S = 86400
+
+
+def persist_option(value):
+    """``--persist`` as seconds, 0 (off) to a day (None when not given); `UsageError` otherwise."""
+    from .core.errors import UsageError
+
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 <= seconds <= MAX_PERSIST_S:
+        raise UsageError(f"--persist {value!r}: expected seconds from 0 (off) to {MAX_PERSIST_S}")
+    return seconds
+
+
+@task(klass=ShortFlagTask, help={**COMMON_HELP, "persist": PERSIST_HELP})
+def status(c, hosts=None, config=None, parallel=None, json=False, persist=None):
     """Report each host: reachable, arch, PicoClaw version, model, key, sandbox, load, latency."""
     handle_stops()
     with usage_errors():
         from .verbs.status import fleet_status, render_status
 
-        run = fleet_run(c, config, hosts, parallel)
+        run = fleet_run(c, config, hosts, parallel, persist)
         warn_if_insecure(run)
         report = fleet_status(run)
     finish(report, json, render_status)
@@ -319,16 +339,17 @@ RUN_HELP = {
         "config": COMMON_HELP["config"],
         "parallel": COMMON_HELP["parallel"],
         "json": COMMON_HELP["json"],
+        "persist": PERSIST_HELP,
         **RUN_HELP,
     },
 )
 def dispatch(c, task=None, host=None, all=False, hosts=None, timeout=None, fold=True, deploy=True,
              ephemeral=False, session=None, raw=False, unrestricted=False, config=None, parallel=None, json=False,
-             detach=False, outdir=None, no_record=False):
+             detach=False, outdir=None, no_record=False, persist=None):
     """Run one PicoClaw task on the least loaded host, a named one, or (--all/--hosts) on many."""
     handle_stops()
     flags = dict(host=host, all=all, hosts=hosts, timeout=timeout, fold=fold, deploy=deploy, ephemeral=ephemeral,
-                 session=session, raw=raw, unrestricted=unrestricted, parallel=parallel)
+                 session=session, raw=raw, unrestricted=unrestricted, parallel=parallel, persist=persist)
     run_dispatch(c, task, flags, config, json, detach, outdir, no_record)
 
 
@@ -348,7 +369,7 @@ def run_dispatch(c, text, flags, config, as_json, detach, outdir, no_record, par
         targets = dispatch_targets(fleet, flags["host"], flags["hosts"], flags["all"])
         rec = recorder("dispatch", {**flags, "mode": targets.mode, "detach": bool(detach), "outdir": outdir},
                        parent, detach, outdir, no_record)
-        run = run_context(c, fleet, targets.entries, flags["parallel"])
+        run = run_context(c, fleet, targets.entries, flags["parallel"], flags.get("persist"))
         warn_if_insecure(run)
         report = dispatch_task(run, targets.mode, text, flags["timeout"], flags["deploy"], flags["ephemeral"], options,
                                detach=rec.id if detach else None)
@@ -392,12 +413,13 @@ def emit_text(text):
         "jsonl": "Stream one JSON line per task on stdout as each finishes (finish order)",
         "config": COMMON_HELP["config"],
         "parallel": "At most this many hosts connecting at once (default: the config's defaults.parallel)",
+        "persist": PERSIST_HELP,
         **RUN_HELP,
     },
 )
 def batch(c, task=None, tasks_file=None, hosts=None, timeout=None, retries=None, retry_lost=False, raw=False,
           unrestricted=False, json=False, jsonl=False, config=None, parallel=None, detach=False, outdir=None,
-          no_record=False):
+          no_record=False, persist=None):
     """Run a queue of PicoClaw tasks over the hosts' free slots (max_tasks each); one result per task."""
     handle_stops()
 
@@ -407,7 +429,7 @@ def batch(c, task=None, tasks_file=None, hosts=None, timeout=None, retries=None,
         return read_tasks(tasks_file, task)
 
     flags = dict(tasks_file=tasks_file, hosts=hosts, timeout=timeout, retries=retries, retry_lost=retry_lost,
-                 raw=raw, unrestricted=unrestricted, parallel=parallel)
+                 raw=raw, unrestricted=unrestricted, parallel=parallel, persist=persist)
     run_batch_tasks(c, read, flags, config, json, jsonl, detach, outdir, no_record)
 
 
@@ -424,7 +446,7 @@ def run_batch_tasks(c, read, flags, config, as_json, jsonl, detach, outdir, no_r
         if detach and jsonl:
             raise UsageError("--jsonl streams tasks as they finish, detached ones finish later: "
                              "use --json, then fab collect RUN --json")
-        run = fleet_run(c, config, flags["hosts"], flags["parallel"])
+        run = fleet_run(c, config, flags["hosts"], flags["parallel"], flags.get("persist"))
         tasks = read()
         settings = batch_settings(run, flags["timeout"], flags["retries"], flags["retry_lost"], flags["unrestricted"])
         rec = recorder("batch", {**flags, "detach": bool(detach), "outdir": outdir}, parent, detach, outdir, no_record)
@@ -443,6 +465,23 @@ def run_batch_tasks(c, read, flags, config, as_json, jsonl, detach, outdir, no_r
         return
     finish_recorded(rec, data, rows, run.fleet.path, report.exit_code, as_json,
                     lambda: emit_text(render_batch(report, flags["raw"])))
+
+
+@task(
+    klass=ShortFlagTask,
+    help={
+        "action": "status: the process and the connections it keeps; stop: close them and end it",
+        "json": COMMON_HELP["json"],
+    },
+)
+def persist(c, action, json=False):
+    """Show (status) or stop the per-user process keeping SSH connections warm (defaults.persist, --persist)."""
+    with usage_errors():
+        from .core.report import emit
+        from .verbs.persist import render_warm_status, warm_status
+
+        state = warm_status(action)
+    emit(jsonlib.dumps(state) if json else render_warm_status(state))
 
 
 @task(

@@ -164,6 +164,28 @@ def user_pids(user: str) -> list[int]:
     return [int(pid) for pid in found]
 
 
+def processes_with_argument(argument: str) -> list[int]:
+    """Pids of the processes one of whose command-line arguments is exactly `argument` (from /proc)."""
+    wanted, found = argument.encode(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if wanted in (entry / "cmdline").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def kill_processes_with_argument(argument: str) -> None:
+    """SIGKILL what `processes_with_argument` finds (a warm-connection process left by a test)."""
+    for pid in processes_with_argument(argument):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def stop_processes(pids) -> None:
     for pid in pids:
         try:

@@ -43,6 +43,17 @@ def private_ledger(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_warm_connections(tmp_path_factory):
+    """A warm-connection process a test starts (``--persist``, a doc line) serves a directory of
+    the session's own, never the user's, and is killed when the session ends."""
+    runtime = tmp_path_factory.mktemp("warm") / "rt"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PICOCLAW_FLEET_RUNTIME_DIR", str(runtime))
+        yield runtime
+    faults.kill_processes_with_argument(str(runtime))
+
+
+@pytest.fixture(scope="session", autouse=True)
 def loopback_guard():
     """Refuse non-loopback connects in the pytest process for the whole run,
     so a product bug cannot send traffic off-box."""

@@ -73,6 +73,7 @@ DEFAULTS = {
     "model": None,
     "api_base": None,
     "restrict_to_workspace": True,
+    "persist": 0,
 }
 
 #: PicoClaw's own ``model_list`` defaults (pkg/config/defaults.go): the model a
@@ -133,6 +134,7 @@ class Defaults:
     model: str | None = DEFAULTS["model"]
     api_base: str | None = DEFAULTS["api_base"]
     restrict_to_workspace: bool = DEFAULTS["restrict_to_workspace"]
+    persist: float = DEFAULTS["persist"]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ class RunContext:
     `fleet` is the validated `config.FleetConfig`; `entries` the `HostEntry`s
     selected; `parallel` the ``--parallel`` bound (None: the config's);
     `base_config` Fabric's own config from ``fab`` (its ``-i`` key, ssh_config);
+    `persist` keeps the run's SSH connections warm for that many seconds
+    after it (``--persist``; None: the config's ``defaults.persist``; 0: off);
     `notify(line)` hears what happens besides the results (the chosen host,
     deploy steps), which the tasks print on stderr.
     """
@@ -29,6 +31,7 @@ class RunContext:
     parallel: int | None = None
     base_config: object = None
     notify: object = field(default=quiet, compare=False)
+    persist: float | None = None
 
     @property
     def defaults(self):
@@ -39,6 +42,12 @@ class RunContext:
     def bound(self):
         """How many hosts at once: ``--parallel``, else the config's ``defaults.parallel``."""
         return max(1, int(self.parallel or self.fleet.defaults.parallel))
+
+    @property
+    def persist_s(self):
+        """Seconds the connections stay warm after the run: ``--persist``, else ``defaults.persist`` (0: off)."""
+        chosen = self.persist if self.persist is not None else getattr(self.fleet.defaults, "persist", 0)
+        return float(chosen or 0)
 
     def on(self, entries):
         """The same run over other `entries` (dispatch's chosen host, a subset)."""

@@ -16,6 +16,7 @@ import socket
 import stat
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import paramiko
@@ -359,14 +360,15 @@ def connect_kwargs_for(entry, timeout):
     return kwargs
 
 
-def build_connection(entry, defaults, keys, config, config_hosts=(), _chain=()):
+def build_connection(entry, defaults, keys, config, config_hosts=(), _chain=(), warm=None):
     """A `FleetConnection` for `entry` honouring its port, key, gateway and ~/.ssh/config.
 
     Every connection step -- TCP connect, SSH banner, key exchange,
     authentication, opening a session (also the gateway's forwarding
     channel) -- has `defaults.connect_timeout` seconds. A gateway that names a
     config host is built the same way, with that host's own gateway: a chain
-    ``h00 -> h01 -> h02`` opens ``h02`` first. A loop, or more than
+    ``h00 -> h01 -> h02`` opens ``h02`` first. `warm` (from `open_fleet`)
+    makes the host's connection a warm one; its gateways are the process's. A loop, or more than
     `MAX_GATEWAY_HOPS` hops, is a `UsageError` (the config's load refuses
     both already; this guards callers that build entries themselves).
     """
@@ -386,7 +388,8 @@ def build_connection(entry, defaults, keys, config, config_hosts=(), _chain=()):
         problem = key_file_problem(entry.ssh_key)
         if problem is not None:
             key_problem = KeyFileError(f"ssh_key {entry.ssh_key}: {problem}")
-    cxn = FleetConnection(
+    make = FleetConnection if warm is None else partial(warm, entry)
+    cxn = make(
         host=entry.host,
         user=entry.user,
         port=entry.port,
@@ -410,7 +413,9 @@ def open_fleet(run):
     They are built in the calling thread, before any worker starts: building
     one writes the shared Fabric config (its deadlines), which is not safe
     from several threads at once. A connection is only an object until it is
-    opened. An entry whose connection cannot even be built (a key file that
+    opened. With ``persist`` they are `persist.WarmConnection`s, reached
+    through the per-user process that keeps them (started here if need be;
+    when it cannot be, the run says why and connects directly). An entry whose connection cannot even be built (a key file that
     is gone...) gets the exception instead, to become its report later; a
     config mistake (a gateway that names nothing) is a `UsageError` before
     any host is contacted.
@@ -418,15 +423,33 @@ def open_fleet(run):
     defaults = run.fleet.defaults
     keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
     config = fabric_config(run.base_config)
+    warm = warm_connections(run, config) if run.persist_s > 0 else None
     connections = []
     for entry in run.entries:
         try:
-            connections.append(build_connection(entry, defaults, keys, config, run.fleet.hosts))
+            cxn = build_connection(entry, defaults, keys, config, run.fleet.hosts, warm=warm)
+            connections.append(cxn)
         except UsageError:
             raise
         except Exception as exc:  # a host's failure is its report, never the run's crash
             connections.append(exc)
     return connections
+
+
+def warm_connections(run, config):
+    """A function making `persist.WarmConnection`s for `run`, or None (said why) when there is no process."""
+    from . import persist  # only runs that keep connections pay for its import
+
+    daemon, problem = persist.reach_daemon(run.persist_s)
+    if daemon is None:
+        run.notify(f"persist: no warm-connection process ({problem}); connecting directly")
+        return None
+
+    def make(entry, **kwargs):
+        spec = persist.connection_spec(entry, run.fleet.defaults, config, run.fleet.hosts)
+        return persist.WarmConnection(daemon=daemon, spec=spec, **kwargs)
+
+    return make
 
 
 def gateway_entry(gateway, config_hosts):
