@@ -69,8 +69,10 @@ class AgentOptions:
     raw: bool = False
 
 
-#: The prologue of a task that arrives on stdin: read it whole (trailing newlines kept) into ``$task``.
-TASK_FROM_STDIN = ("task=$(cat; printf x)", "task=${task%x}")
+#: The prologue of a task that arrives on stdin: read it whole, byte for byte (trailing newlines
+#: kept; a task never holds a NUL), into ``$task``, by the shell itself: ``$(cat)`` would cost the
+#: host a fork and an exec per task. The last line may lack its newline: ``read`` then fails but fills ``$l``.
+TASK_FROM_STDIN = ("task=", "nl='\n'", 'while IFS= read -r l; do task="$task$l$nl"; done', 'task="$task$l"')
 
 
 def agent_command(timeout_s, options=AgentOptions(), task_id=None):
@@ -113,7 +115,7 @@ def agent_steps(timeout_s, options=AgentOptions(), task_id=None):
         f"exit {NOT_INSTALLED_EXIT}; fi",
         "unset TZ",
         "export NO_COLOR=1",
-        f'mkdir -p -m 700 "$HOME"/{PICOCLAW_DIR}',
+        f'[ -d "$HOME"/{PICOCLAW_DIR} ] || mkdir -p -m 700 "$HOME"/{PICOCLAW_DIR}',  # a process only the first time
         f"log={log}",
         'export PICOCLAW_LOG_FILE="$log"',
     ]
@@ -126,12 +128,12 @@ def agent_steps(timeout_s, options=AgentOptions(), task_id=None):
         # the closed stderr must fail, not kill the shell before it has cleaned up.
         "trap '' PIPE",
     ]
+    files = ""
     if options.session is None:
-        files = " ".join(f'"$HOME"/{shlex.quote(path)}' for path in session_files(session))
-        steps.append(f"rm -f -- {files}")
+        files = " ".join(f'"$HOME"/{shlex.quote(path)}' for path in session_files(session)) + " "
     steps += [
         f"if [ -s \"$log\" ]; then printf '%s\\n' {shlex.quote(LOG_MARKER)} >&2; cat -- \"$log\" >&2; fi",
-        'rm -f -- "$log"',
+        f'rm -f -- {files}"$log"',  # the task's own session files and its log: one process
     ]
     return steps
 
