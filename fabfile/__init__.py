@@ -212,6 +212,8 @@ def parallel_option(value):
 
 #: ``--persist`` and ``defaults.persist`` keep connections at most a day (fleet.schema.json says the same).
 MAX_PERSIST_S = 86400
+#: What deploy, teardown and collect pass: their SFTP work never goes over a warm connection.
+NO_PERSIST = 0
 
 
 def persist_option(value):
@@ -281,7 +283,7 @@ def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, 
     with usage_errors():
         from .verbs.deploy import deploy_fleet, render_deploy
 
-        run = fleet_run(c, config, hosts, parallel)
+        run = fleet_run(c, config, hosts, parallel, persist=NO_PERSIST)
         rec = recorder("deploy", dict(hosts=hosts, parallel=parallel, version=version, from_file=from_file,
                                       force=force, allow_unverified=allow_unverified), no_record=no_record)
         warn_if_insecure(run)
@@ -305,7 +307,7 @@ def teardown(c, hosts=None, config=None, parallel=None, json=False, purge=False,
     with usage_errors():
         from .verbs.teardown import confirm_teardown, render_teardown, teardown_fleet
 
-        run = fleet_run(c, config, hosts, parallel)
+        run = fleet_run(c, config, hosts, parallel, persist=NO_PERSIST)
         rec = recorder("teardown", dict(hosts=hosts, parallel=parallel, purge=purge), no_record=no_record)
         warn_if_insecure(run)
         confirm_teardown(run.fleet, run.entries, hosts, yes)
@@ -628,7 +630,7 @@ def collect(c, run, all=False, wait=False, json=False, config=None, parallel=Non
                     entries[target] = select_hosts(fleet, target)[0]
                 except UsageError as exc:
                     problems[target] = str(exc)
-            return run_context(c, fleet, list(entries.values()), parallel), entries, problems
+            return run_context(c, fleet, list(entries.values()), parallel, NO_PERSIST), entries, problems
 
         outcome = collect_runs(ledger, run_ids, connect, wait, notify=to_stderr)
         loaded = [ledger.load(run_id) for run_id in outcome.runs]

@@ -357,3 +357,14 @@ def test_a_stopped_run_stops_its_tasks_on_warm_connections_and_no_other_runs(tes
 def start(args, env):
     return subprocess.Popen([FAB, *map(str, args)], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_teardown_never_starts_or_uses_the_process(testbed, fleet_config, warm_env):
+    """deploy, teardown and collect move files over SFTP: defaults.persist does not apply to them."""
+    [host] = testbed.add_hosts(1, prefix="wt")
+    testbed.install_standin(host, version="0.3.1")
+    config = fleet_config([host], persist=60)
+    result = fab(["teardown", "--config", str(config), "--yes", "--json", "--no-record"], warm_env)
+    assert result.returncode == 0, result.stderr
+    assert not daemon_pids(warm_env["PICOCLAW_FLEET_RUNTIME_DIR"])
+    assert not (host.home / ".local" / "bin" / "picoclaw").exists()
