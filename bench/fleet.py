@@ -68,9 +68,11 @@ class BenchFleet:
         return path
 
     def install_standin(self, hosts):
-        """Put the stand-in PicoClaw on `hosts` directly (no SSH), like a previous deploy would."""
+        """Put the stand-in PicoClaw on `hosts` directly (no SSH), as a previous deploy leaves it:
+        with its version note, so ``status`` reads the version as on a deployed fleet instead of
+        starting the (Python) stand-in for it on every probe."""
         for host in hosts:
-            self.testbed.install_standin(host, VERSION)
+            self.testbed.install_standin(host, VERSION, note=True)
 
     def wipe(self, hosts):
         """Remove what a deploy leaves (binary, ~/.picoclaw), so the next deploy is a first one."""

@@ -33,7 +33,6 @@ from bench.figures import FIGURES, Bench  # noqa: E402
 from bench.fleet import API_KEY_ENV, DUMMY_KEY, BenchFleet  # noqa: E402
 from bench.peers import PEERS, PEERS_DIR  # noqa: E402
 from bench.results import Row, render, write_json  # noqa: E402
-from bench.sizes import WARM_HOSTS  # noqa: E402
 from harness.loopback import guarded_env, install_loopback_guard  # noqa: E402
 
 #: Where ``make bench`` installs parallel-ssh (``pip --target``), which figures 1b and 3c import
@@ -87,7 +86,7 @@ def parse_options(argv=None):
 
 def fleet_size(options):
     """The sim hosts the run needs: the largest any of the chosen figures takes."""
-    wanted = {"4": [options.batch_hosts], "6": [options.rss_hosts], "7": options.sizes, "8": [WARM_HOSTS]}
+    wanted = {"4": [options.batch_hosts], "6": [options.rss_hosts], "7": options.sizes, "8": [options.hosts]}
     return max([options.hosts] + [n for figure in options.only for n in wanted.get(figure, [])])
 
 

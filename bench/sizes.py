@@ -20,8 +20,6 @@ from .results import Goal, Row
 #: From this fleet size on, figure 7 makes at most `LARGE_REPS` repetitions (each round runs nine tools).
 LARGE_FROM = 256
 LARGE_REPS = 3
-#: The warm-connection figure's fleet.
-WARM_HOSTS = 64
 BASELINE_WHAT = "ThreadingGroup script ('true')"
 TASK_TEXT = "bench: hello"
 
@@ -143,7 +141,7 @@ def persist_built():
 
 
 def figure_warm(bench):
-    """Figure 8: a second ``dispatch --all`` (and ``status``) to 64 hosts over warm connections.
+    """Figure 8: a second ``dispatch --all`` (and ``status``) over warm connections, at ``--hosts``.
 
     The warm-up round of `interleaved` is the first run, which opens the
     connections; every timed run after it finds them kept. The process
@@ -153,16 +151,17 @@ def figure_warm(bench):
     from .figures import ROOT, expect_all_ok
     from .verbs import VerbFailed, summary
 
-    what = f"{WARM_HOSTS} hosts"
+    count = bench.options.hosts  # figures 1-3's fleet: 64 hosts, 4 with --quick
+    what = f"{count} hosts"
     if not persist_built():
         row = Row("8", f"fab dispatch --all, warm connections, {what}", baseline_what=BASELINE_WHAT, absent="not built")
         row.notes.append("needs persistent connections (`fab persist` / defaults.persist)")
         return [row]
-    print(f"bench: figure 8 (warm connections) at {WARM_HOSTS} hosts ...", file=sys.stderr, flush=True)
-    hosts = bench.fleet.hosts[:WARM_HOSTS]
+    print(f"bench: figure 8 (warm connections) at {count} hosts ...", file=sys.stderr, flush=True)
+    hosts = bench.fleet.hosts[:count]
     bench.fleet.install_standin(hosts)
     files = peers.SizeFiles(hosts, bench.fleet.client_key, bench.fleet.known_hosts, bench.workdir / "warm").write()
-    config = bench.fleet.config("warm", hosts, WARM_HOSTS)
+    config = bench.fleet.config("warm", hosts, count)
     env = {**bench.env, "PICOCLAW_FLEET_RUNTIME_DIR": str(bench.workdir / "warm-runtime")}
     python, fab = sys.executable, str(bench.bindir / "fab")
 
@@ -176,7 +175,7 @@ def figure_warm(bench):
             if run.returncode != 0 or "persist:" in run.stderr:
                 said = summary(run.stdout) if run.stdout.strip() else ""
                 raise VerbFailed(f"fab {verb} exited {run.returncode}: {said} {run.stderr.strip()[-300:]}")
-            expect_all_ok(json.loads(run.stdout), WARM_HOSTS, verb)
+            expect_all_ok(json.loads(run.stdout), count, verb)
         return check
 
     dispatch = [fab, "dispatch", "--all", "--task", TASK_TEXT, "--config", config, "--json", "--no-record"]

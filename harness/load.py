@@ -1,4 +1,4 @@
-"""A simulated host's load and CPU count, faked below the shell, whatever reads them.
+"""A simulated host's load, CPU count and machine, faked below the shell, whatever reads them.
 
 All sim hosts share this machine's kernel, so /proc/loadavg and the CPU count
 are the same for every one of them. A host given a load of its own gets an
@@ -11,6 +11,8 @@ are bind-mounted over the kernel's:
   /sys/devices/system/cpu/possible   the same: getconf _NPROCESSORS_CONF, nproc --all
   /sys/devices/system/cpu/present    the same
   /proc/cpuinfo                      N processor blocks (this machine's first, renumbered)
+  /proc/sys/kernel/arch              the machine (``aarch64``...), for a host that is another board
+                                     (`set_machine`); or a FIFO, for a host whose probe hangs
 
 and with OMP_NUM_THREADS=N in every session's environment (sshd's SetEnv):
 coreutils' `nproc` counts the CPUs of its affinity mask, which no file can
@@ -31,6 +33,7 @@ key and command recording; its port becomes the host's port.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .sshd import SshdServer
@@ -43,6 +46,7 @@ BINDS = (
     ("cpus", "/sys/devices/system/cpu/online"),
     ("cpus", "/sys/devices/system/cpu/possible"),
     ("cpus", "/sys/devices/system/cpu/present"),
+    ("arch", "/proc/sys/kernel/arch"),
 )
 
 #: Runs in the new namespace: mount each "$1" over "$2" until "--", then exec what follows (sshd).
@@ -98,11 +102,36 @@ class LoadedSshd(SshdServer):
         self.load1: float | None = None
         self.ncpu: int | None = None
 
+    def set_machine(self, machine: str | None) -> None:
+        """Make the kernel's arch read `machine`; None makes it a FIFO, whose reader waits forever."""
+        path = self.fakes / "arch"
+        fresh = not path.exists()
+        if machine is None:
+            path.unlink(missing_ok=True)
+            os.mkfifo(path, 0o444)
+        else:
+            if path.exists() and not path.is_file():
+                path.unlink()
+            with open(path, "r+" if path.is_file() else "w") as handle:
+                handle.write(f"{machine}\n")
+                handle.truncate()
+            path.chmod(0o444)
+        self.restart_for_new_binds(fresh or machine is None)
+
+    def restart_for_new_binds(self, changed: bool) -> None:
+        """Start the sshd, or restart it on its port when a bind is new (mounts are made at its start)."""
+        if self.pid is None:
+            self.start()
+        elif changed:
+            port = self.port
+            self.stop()
+            self.start(port=port)
+
     def set_load(self, load1: float, ncpu: int) -> None:
         ncpu = int(ncpu)
         if ncpu < 1:
             raise ValueError(f"a host has at least one CPU, not {ncpu}")
-        restart = self.pid is not None and ncpu != self.ncpu
+        restart = self.pid is not None and (ncpu != self.ncpu or self.load1 is None)
         self.load1, self.ncpu = float(load1), ncpu
         for name, text in (("loadavg", loadavg_text(self.load1)), ("cpus", cpus_text(ncpu)),
                            ("cpuinfo", cpuinfo_text(ncpu))):
@@ -120,14 +149,15 @@ class LoadedSshd(SshdServer):
 
     def environment(self) -> dict:
         """What every session of this host has in its environment on top of sshd's own."""
-        return {"OMP_NUM_THREADS": str(self.ncpu)}
+        return {"OMP_NUM_THREADS": str(self.ncpu)} if self.ncpu is not None else {}
 
     def config_text(self) -> str:
         env = " ".join(f"{name}={value}" for name, value in self.environment().items())
-        return super().config_text() + f"SetEnv {env}\n"
+        return super().config_text() + (f"SetEnv {env}\n" if env else "")
 
     def command(self) -> list[str]:
-        binds = [str(part) for name, target in BINDS for part in (self.fakes / name, target)]
+        binds = [str(part) for name, target in BINDS if os.path.lexists(self.fakes / name)
+                 for part in (self.fakes / name, target)]
         return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", MOUNT_THEN_EXEC, "sh",
                 *binds, "--", *super().command()]
 

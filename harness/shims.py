@@ -6,9 +6,10 @@ sha256sum. The shims are small scripts in ~/.fakebin, put first on the PATH
 that sshd gives the host's sessions through ~/.ssh/environment (the harness's
 sshd allows PATH there, and only PATH). Written as the host's user.
 
-Only for what no file can fake: a host's load and CPU count are faked below
-the shell instead (harness.load), so that no probe has to run a command by
-name for the harness to answer it.
+Only for what no file can fake: a host's load, CPU count and the kernel's
+machine name (/proc/sys/kernel/arch, what the probe reads) are faked below
+the shell instead (harness.load; `Testbed.set_machine` does both), so that no
+probe has to run a command by name for the harness to answer it.
 """
 
 from __future__ import annotations

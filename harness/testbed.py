@@ -344,6 +344,34 @@ class Testbed:
         data = (self.cmdlog_dir / host.user).read_bytes()
         return [record.decode("utf-8", "replace") for record in data.split(b"\0")[:-1]]
 
+    def host_sshd(self, host: SimHost) -> LoadedSshd:
+        """The sshd of its own a host with faked kernel files gets (made on first use, see harness.load)."""
+        server = self._loaded.get(host.user)
+        if server is None:
+            server = self.new_server(f"sshd-load-{host.user}", LoadedSshd, allow_users=host.user,
+                                     host_key=self._server.host_key)
+            self._loaded[host.user] = server
+        return server
+
+    def set_machine(self, host: SimHost, machine: str, elf_byte_order: str | None = None) -> None:
+        """Make this host another board: the kernel's arch (/proc/sys/kernel/arch, what the
+        probe reads) and `uname -m` say `machine`; `elf_byte_order` (``01``/``02``) also fakes
+        the `od` the probe reads a MIPS host's byte order with. Like `set_load`, it gives the
+        host an sshd of its own: write its fleet config after this."""
+        from .shims import set_machine as shim_uname
+
+        shim_uname(host, machine, elf_byte_order)
+        server = self.host_sshd(host)
+        server.set_machine(machine)
+        host.port = server.port
+
+    def hang_probe(self, host: SimHost) -> None:
+        """Make the status probe on this host wait forever, the way a wedged board's reads do:
+        the kernel's arch becomes a FIFO nobody writes. Write its fleet config after this."""
+        server = self.host_sshd(host)
+        server.set_machine(None)
+        host.port = server.port
+
     def set_load(self, host: SimHost, load1: float, ncpu: int) -> None:
         """Make this host, and only it, report a 1-minute load of `load1` and
         `ncpu` CPUs however they are read -- /proc/loadavg by `cat` or a shell's
@@ -351,27 +379,34 @@ class Testbed:
         /proc/cpuinfo -- through an sshd of its own whose mount namespace holds
         the fakes (harness.load). That changes the host's port: write its
         fleet config after this. Called again, it changes the values in place."""
-        server = self._loaded.get(host.user)
-        if server is None:
-            server = self.new_server(f"sshd-load-{host.user}", LoadedSshd, allow_users=host.user,
-                                     host_key=self._server.host_key)
-            self._loaded[host.user] = server
+        server = self.host_sshd(host)
         server.set_load(load1, ncpu)
         host.port = server.port
 
     def install_standin(self, host: SimHost, version: str = "0.1.0", mode: str | None = None,
-                        provision: bool = True) -> Path:
+                        provision: bool = True, note: bool = False) -> Path:
         """Put the stand-in at ~/.local/bin/picoclaw, owned by the user, and
         (unless `provision` is false: a bare binary, which refuses every task
         like an unconfigured PicoClaw) ~/.picoclaw as a deploy leaves it, see
         provision_picoclaw.  mode is a directive (e.g. '::fail::') applied to
-        every task on this host."""
+        every task on this host.  `note` also leaves the version note a deploy
+        leaves (install.record_version: the hard link ~/.picoclaw/.fleet-binary
+        and ~/.picoclaw/.fleet-version, 0600, written after the binary), so the
+        status probe reads the version instead of starting the stand-in."""
         owner = self._owner(host)
         make_dir(make_dir(host.home / ".local", 0o755, owner) / "bin", 0o755, owner)
         path = build_standin(installed_binary(host), version=version, mode=mode)
         os.chown(path, *owner)
         if provision:
             self.provision_picoclaw(host)
+        if note:
+            from fabfile.host.paths import PICOCLAW_DIR, VERSION_CACHE, VERSION_CACHE_BINARY
+
+            make_dir(host.home / PICOCLAW_DIR, 0o700, owner)
+            link = host.home / VERSION_CACHE_BINARY
+            link.unlink(missing_ok=True)  # `ln -f`
+            os.link(path, link)
+            write_file(host.home / VERSION_CACHE, f"{version}\n", 0o600, owner)
         return path
 
     def provision_picoclaw(self, host: SimHost, model_name: str = STANDIN_MODEL_NAME,

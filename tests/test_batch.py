@@ -229,8 +229,8 @@ def test_the_least_loaded_hosts_get_the_tasks_when_slots_outnumber_tasks(testbed
     assert [hosts[h.name]["tasks_run"] for h in (busy, medium, light, idle)] == [0, 0, 1, 1]
 
 
-#: The probe's ``uname`` on a metered host (the one program the probe starts before it reads /proc
-#: and /sys itself): it logs when the probe gets there and when it leaves, in
+#: The probe's ``head`` on a metered host (the one program the probe starts on a provisioned host,
+#: to copy PicoClaw's config files): it logs when the probe gets there and when it leaves, in
 #: one log every host shares, holding until GATE probes have started (20 s at most), then a little
 #: longer: time for one more probe to start, had the bound let one in.
 PROBE_METER = """#!/bin/sh
@@ -240,7 +240,7 @@ n=0
 while [ "$(grep -c '^start' "$log")" -lt {gate} ] && [ "$n" -lt 400 ]; do sleep 0.05; n=$((n + 1)); done
 sleep 0.3
 echo "end $LOGNAME" >> "$log"
-exec /bin/uname "$@"
+exec /usr/bin/head "$@"
 """
 
 
@@ -254,11 +254,11 @@ def meter_probes(testbed, hosts, gate):
     for host in hosts:
         bindir = host.home / ".probe-meter"
         bindir.mkdir()
-        (bindir / "uname").write_text(PROBE_METER.format(log=log, gate=gate))
-        (bindir / "uname").chmod(0o755)
+        (bindir / "head").write_text(PROBE_METER.format(log=log, gate=gate))
+        (bindir / "head").chmod(0o755)
         (host.home / ".ssh" / "environment").write_text(f"PATH={bindir}:/usr/local/bin:/usr/bin:/bin\n")
         user = pwd.getpwnam(host.user)
-        for path in (bindir, bindir / "uname", host.home / ".ssh" / "environment"):
+        for path in (bindir, bindir / "head", host.home / ".ssh" / "environment"):
             os.chown(path, user.pw_uid, user.pw_gid)
     return log
 

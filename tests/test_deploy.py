@@ -21,7 +21,6 @@ from fabfile.core.errors import UsageError
 from fabfile.host.release import extract_binary
 from harness.cli import API_KEY, FAB, REPO, fab, fab_json
 from harness.release_server import RELEASE_REPO, ReleaseServer
-from harness.shims import set_machine
 from harness.standin import build_standin, standin_archive
 from harness.testbed import env_file, installed_binary
 
@@ -409,8 +408,8 @@ def test_checksum_mismatch_fails_every_host_of_that_arch(testbed, server, config
 
 def test_each_host_gets_its_arch_and_a_missing_asset_fails_only_that_arch(testbed, server, config, env):
     amd, arm, mips = testbed.add_hosts(3, prefix="dp")
-    set_machine(arm, "aarch64")
-    set_machine(mips, "mips", elf_byte_order="02")  # big-endian MIPS: upstream builds only mipsle
+    testbed.set_machine(arm, "aarch64")
+    testbed.set_machine(mips, "mips", elf_byte_order="02")  # big-endian MIPS: upstream builds only mipsle
     server.publish(RELEASE_REPO, "v0.3.0", {"picoclaw_Linux_arm64.tar.gz": standin_archive("0.3.0", "Linux_arm64"),
                                             "picoclaw_Darwin_x86_64.tar.gz": b"not for linux"})
     result, _, by_name = deploy(config([amd, arm, mips]), env)
@@ -432,7 +431,7 @@ def test_every_upstream_linux_build_reaches_its_board(testbed, server, config, e
                 "s390x": ("s390x", None)}
     hosts = testbed.add_hosts(len(machines), prefix="dp")
     for host, (machine, (_, byte_order)) in zip(hosts, machines.items()):
-        set_machine(host, machine, elf_byte_order=byte_order)
+        testbed.set_machine(host, machine, elf_byte_order=byte_order)
     names = ["x86_64", "arm64", "armv7", "armv6", "riscv64", "loong64", "mipsle", "s390x"]
     server.publish(RELEASE_REPO, "v0.4.0", {f"picoclaw_Linux_{name}.tar.gz": standin_archive("0.4.0", f"Linux_{name}")
                                             for name in names})
@@ -453,8 +452,8 @@ def per_arch_raw_binaries(tmp_path):
 
 def test_raw_binary_assets_per_arch(testbed, server, config, env, tmp_path):
     amd, arm, rv = testbed.add_hosts(3, prefix="dp")
-    set_machine(arm, "aarch64")
-    set_machine(rv, "riscv64")
+    testbed.set_machine(arm, "aarch64")
+    testbed.set_machine(rv, "riscv64")
     server.publish(RELEASE_REPO, "v1.0.0", per_arch_raw_binaries(tmp_path))
     result, _, by_name = deploy(config([amd, arm, rv]), env)
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,6 @@ from fabfile.ssh.deadlines import HostStalled
 from fabfile.host.facts import probe_host
 from harness.cli import API_KEY, connect, fab_json
 from harness.faults import freeze_host, mount_tmpfs, thaw_and_kill, unmount
-from harness.shims import set_machine
 from harness.standin import build_standin
 
 LOBSTER = b"\n\xf0\x9f\xa6\x9e "
@@ -75,9 +74,8 @@ def test_sftp_on_an_open_session_stalls_when_the_host_freezes(testbed, size, exp
 def test_status_names_the_stalled_step_and_the_other_hosts_answer(testbed, fleet_config, guarded_env):
     """Through the CLI: one host wedges mid-session (its probe hangs), the others report as usual."""
     good, stuck = testbed.add_workers(2, prefix="fz")
-    # On the stuck host `uname` never returns, the way a wedged board's commands do.
-    set_machine(stuck, "x86_64")
-    (stuck.home / ".fakebin" / "uname").write_text("#!/bin/sh\nexec sleep 3600\n")
+    # On the stuck host the probe's first read never returns, the way a wedged board's reads do.
+    testbed.hang_probe(stuck)
     result, data, hosts = fab_json(["status", "--config", fleet_config(hosts=[good, stuck], connect_timeout=1)],
                                    guarded_env)
     try:

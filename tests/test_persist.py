@@ -368,3 +368,14 @@ def test_teardown_never_starts_or_uses_the_process(testbed, fleet_config, warm_e
     assert result.returncode == 0, result.stderr
     assert not daemon_pids(warm_env["PICOCLAW_FLEET_RUNTIME_DIR"])
     assert not (host.home / ".local" / "bin" / "picoclaw").exists()
+
+
+def test_a_run_with_another_ssh_agent_connects_directly(warm_hosts, fleet_config, warm_env, tmp_path):
+    """The process authenticates with the agent it was started with: another run's agent is not its to use."""
+    config = fleet_config(warm_hosts)
+    assert status(config, warm_env, "--persist", "60")[0].returncode == 0  # started without an agent
+    other_agent = dict(warm_env, SSH_AUTH_SOCK=str(tmp_path / "agent.sock"))
+    result, hosts = status(config, other_agent, "--persist", "60")
+    assert result.returncode == 0, result.stderr
+    assert {h["status"] for h in hosts.values()} == {"ok"}
+    assert {c["uses"] for c in warm_state(warm_env)["connections"]} == {1}, "no kept connection served it"

@@ -13,7 +13,6 @@ import subprocess
 import pytest
 
 from harness.cli import API_KEY, FAB, REPO
-from harness.shims import set_machine
 from tests.batch_support import RUN_LIMIT_S, jsonl_file, no_task_left_running, running_tasks, wait_until
 
 STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
@@ -84,10 +83,9 @@ def test_one_host_dispatch_stops_on_sigterm(testbed, hosts, fleet_config, guarde
 
 def test_status_on_a_hanging_host_stops_at_once_and_reports(testbed, fleet_config, guarded_env):
     good, stuck = testbed.add_workers(2, prefix="sg")
-    set_machine(stuck, "x86_64")
-    (stuck.home / ".fakebin" / "uname").write_text("#!/bin/sh\nexec sleep 3600\n")  # its probe never ends
+    testbed.hang_probe(stuck)  # its probe never ends
     proc = start(["status", "--config", fleet_config(hosts=[good, stuck]), "--json"], guarded_env)
-    wait_until(lambda: testbed.processes(stuck, "sleep 3600"), "the stuck probe to run")
+    wait_until(lambda: testbed.processes(stuck, "kernel/arch"), "the stuck probe to run")
     # The good host is done once its connection is closed: no process of its user is left.
     wait_until(lambda: not testbed.processes(good, "."), "the good host's probe to end")
     out, err = stop(proc, signal.SIGTERM)
@@ -128,12 +126,11 @@ def test_deploy_stops_on_sigterm_and_reports(testbed, fleet_config, guarded_env,
     from harness.standin import build_standin
 
     good, stuck = testbed.add_hosts(2, prefix="sg")
-    set_machine(stuck, "x86_64")
-    (stuck.home / ".fakebin" / "uname").write_text("#!/bin/sh\nexec sleep 3600\n")
+    testbed.hang_probe(stuck)
     binary = build_standin(tmp_path / "picoclaw")
     env = {**guarded_env, "ANTHROPIC_API_KEY": API_KEY, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     proc = start(["deploy", "--config", fleet_config(hosts=[stuck]), "--from-file", binary, "--json"], env)
-    wait_until(lambda: testbed.processes(stuck, "sleep 3600"), "the stuck deploy to run")
+    wait_until(lambda: testbed.processes(stuck, "kernel/arch"), "the stuck deploy to run")
     out, err = stop(proc, signal.SIGTERM)
     try:
         assert proc.returncode == 1, err

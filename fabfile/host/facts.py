@@ -6,6 +6,7 @@ host selection for dispatch and batch.
 """
 
 import json
+import posixpath
 import re
 import shlex
 import time
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 import yaml
 
 from ..ssh.deadlines import deadline, step_seconds
-from .paths import BINARY_PATH, CONFIG_FILE, ENV_FILE, SECURITY_FILE, VERSION_CACHE, VERSION_CACHE_BINARY, bounded
+from .paths import (BINARY_PATH, CONFIG_FILE, ENV_FILE, PICOCLAW_DIR, SECURITY_FILE, VERSION_CACHE,
+                    VERSION_CACHE_BINARY, bounded)
 
 
 #: ``uname -m`` -> the arch names of PicoClaw's Linux release archives (Go's,
@@ -62,19 +64,53 @@ PROBE_VERSION_S = 10
 _VERSION_RUN = bounded('"$bin" version', PROBE_VERSION_S)
 #: Bounds what the probe copies of PicoClaw's config files.
 CONFIG_BYTES = 262144
+#: config.json's and .security.yml's names in ~/.picoclaw, where the probe reads them.
+CONFIG_NAME, SECURITY_NAME = (posixpath.relpath(path, PICOCLAW_DIR) for path in (CONFIG_FILE, SECURITY_FILE))
+#: The sed -E script that the probe pipes ``head -c CONFIG_BYTES config.json
+#: .security.yml`` through (run in ~/.picoclaw, so head's headers are
+#: ``==> config.json <==`` and ``==> .security.yml <==``): one process that
+#: passes config.json through and masks .security.yml (`SECURITY_MASK`,
+#: unchanged). The first header goes (the probe has printed
+#: ``--- config.json``); from the second to the last line (a range: sed
+#: keeps its state, no hold space) every line is masked, and a line that
+#: reads as that header becomes ``--- security``, so nothing of
+#: .security.yml ever leaves the host unmasked. A header-like line that is
+#: really in a file (never in valid JSON, nor in a YAML mapping) adds a
+#: marker: `probe_sections` splits at the last one, which leaves the config
+#: section invalid JSON rather than a valid piece of it.
+CONFIG_SECTIONS = "\n".join([
+    f"/^==> {re.escape(SECURITY_NAME)} <==$/,${{",
+    f"s/^==> {re.escape(SECURITY_NAME)} <==$/--- security/",
+    "t",
+    "b mask",
+    "}",
+    "1{", f"/^==> {re.escape(CONFIG_NAME)} <==$/d", "}",
+    "b",
+    ":mask",
+    SECURITY_MASK,
+])
+_CONFIG, _SECURITY = shlex.quote(CONFIG_NAME), shlex.quote(SECURITY_NAME)
 #: Prints the ``key=value`` lines, then PicoClaw's config.json and its
 #: .security.yml with every value masked (`SECURITY_MASK`), each after a
-#: marker line. It costs the host little: the load and the CPUs online are
-#: read from /proc and /sys by the shell itself, and the version from the
-#: note deploy leaves (`paths.VERSION_CACHE`) while the binary is the file
-#: deploy installed (its hard link, same inode: a binary renamed or unpacked
-#: over it is new) and not newer than the note (one rewritten in place). Otherwise ``picoclaw version`` runs, with ``NO_COLOR`` and without
-#: ``TZ`` (no colour codes, no time-zone lines), cut by the shell after its
-#: ``picoclaw `` (the banner never holds the word) and bounded by ``timeout``
-#: when the host has it, so a broken binary cannot hang status. MIPS hosts
-#: also report their byte order, from /bin/sh's ELF header.
+#: marker line. It costs the host little, two short-lived processes where
+#: it has both files (``head | sed``, `CONFIG_SECTIONS`), one with only
+#: config.json, none without: the machine is read from
+#: /proc/sys/kernel/arch (Linux 6.1+; ``uname -m`` on older kernels), the
+#: load and the CPUs online from /proc and /sys, all by the shell itself,
+#: and the version from the note deploy leaves (`paths.VERSION_CACHE`) while
+#: the binary is the file deploy installed (its hard link, same inode: a
+#: binary renamed or unpacked over it is new) and not newer than the note
+#: (one rewritten in place). Otherwise ``picoclaw version`` runs, with
+#: ``NO_COLOR`` and without ``TZ`` (no colour codes, no time-zone lines),
+#: cut by the shell after its ``picoclaw `` (the banner never holds the
+#: word) and bounded by ``timeout`` when the host has it, so a broken binary
+#: cannot hang status. MIPS hosts also report their byte order, from
+#: /bin/sh's ELF header. .security.yml is sent only with a config.json: it
+#: matters only for the model that one selects. POSIX sh only (dash, bash,
+#: busybox sh are all login shells somewhere).
 PROBE_COMMAND = (
-    'm=$(uname -m); echo "arch=$m"; '
+    # the kernel's machine name, as `uname -m` prints it without a personality (linux32) override
+    '{ read -r m < /proc/sys/kernel/arch; } 2>/dev/null && [ -n "$m" ] || m=$(uname -m); echo "arch=$m"; '
     'case $m in mips*) echo "endian=$(od -An -tx1 -j5 -N1 /bin/sh 2>/dev/null)";; esac; '
     '{ read -r l1 l5 l15 _ < /proc/loadavg && echo "loadavg=$l1 $l5 $l15"; } 2>/dev/null; '
     # "0-3,6" -> 5, by shell arithmetic; getconf only where /sys cannot be read
@@ -89,9 +125,11 @@ PROBE_COMMAND = (
     'echo "version_rc=$?"; v=${v#*"picoclaw "}; '
     "nl='\n'; printf 'version=%s\\n' \"${v%%\"$nl\"*}\"; fi; "
     f'if [ -f "$HOME/{ENV_FILE}" ]; then echo env=yes; else echo env=no; fi; '
-    f'c="$HOME/{CONFIG_FILE}"; if [ -f "$c" ]; then echo "--- config.json"; head -c {CONFIG_BYTES} "$c"; fi; '
-    f's="$HOME/{SECURITY_FILE}"; if [ -f "$s" ]; then echo; echo "--- security"; '
-    f'head -c {CONFIG_BYTES} "$s" | sed -E {shlex.quote(SECURITY_MASK)}; fi'
+    # relative names from here on: head's headers are then exactly what CONFIG_SECTIONS looks for
+    f'if cd "$HOME/{PICOCLAW_DIR}" >/dev/null 2>&1 && [ -f {_CONFIG} ]; then echo "--- config.json"; '
+    f'if [ -f {_SECURITY} ]; then head -c {CONFIG_BYTES} {_CONFIG} {_SECURITY} '
+    f'| sed -E {shlex.quote(CONFIG_SECTIONS)}; '
+    f'else head -c {CONFIG_BYTES} {_CONFIG}; fi; fi'
 )
 
 VERSION_PATTERN = re.compile(r"v?(\d+\.\d+(?:\.\d+)?(?:[-+][0-9A-Za-z.+-]*)?)")
@@ -216,6 +254,11 @@ def worker_config(config_text, security_text):
     return WorkerConfig(model, key_present(config, model, security_text), restrict)
 
 
+#: PyYAML's safe loader on libyaml when it was built with it: ~8x less of our CPU per host than
+#: the pure-Python one, for the same documents (a masked .security.yml is keys and ``x``).
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def key_present(config, model, security_text):
     """Whether the selected model has an API key: .security.yml's entry wins, as in PicoClaw.
 
@@ -228,7 +271,7 @@ def key_present(config, model, security_text):
         return None
     try:
         entries = [m for m in config.get("model_list") or [] if m.get("model_name") == model]
-        security = yaml.safe_load(security_text) if security_text else {}
+        security = yaml.load(security_text, Loader=SAFE_LOADER) if security_text else {}
         secured = (security or {}).get("model_list") or {}
     except (yaml.YAMLError, AttributeError):
         return None
