@@ -334,6 +334,14 @@ class ReleaseServer:
             self.trickles.append(record)
         handler.wfile = _TrickleWriter(handler.wfile, after, every, self._stopping, record)
         handler.close_connection = True  # the wrapper stays on this connection: never reuse it
+        end_headers = handler.end_headers
+
+        def end_headers_saying_close():
+            # ...and say so: a client must not send its next request (a redirect's target) on it
+            handler.send_header("Connection", "close")
+            end_headers()
+
+        handler.end_headers = end_headers_saying_close
         return record
 
     def _route(self, handler: BaseHTTPRequestHandler, parts: list) -> None:

@@ -81,9 +81,9 @@ def session_pids(hosts):
 
 
 def comparable(report):
-    """A status row without what differs between two runs of the same fleet (times)."""
+    """A status row without what differs between two runs of the same fleet (times, the machine's load)."""
     row = dict(report)
-    for key in ("duration_s", "latency_ms"):
+    for key in ("duration_s", "latency_ms", "load1"):
         row.pop(key, None)
     if isinstance(row.get("details"), dict):
         row["details"] = {k: v for k, v in row["details"].items() if k != "latency_ms"}

@@ -233,8 +233,10 @@ class Deadline:
             if not self._armed or connection is None:
                 return
             connection._picoclaw_deadline = self
+            if getattr(connection, "sock", None) is not None:
+                connection._picoclaw_sock = connection.sock
             if self.expired:
-                _shut(getattr(connection, "sock", None))
+                _shut(_socket_of(connection))
             elif connection not in self._connections:
                 self._connections.append(connection)
 
@@ -262,7 +264,19 @@ class Deadline:
             self.expired = True
             for connection in self._connections:
                 if getattr(connection, "_picoclaw_deadline", None) is self:
-                    _shut(getattr(connection, "sock", None))
+                    _shut(_socket_of(connection))
+
+
+def _socket_of(connection):
+    """The socket a connection reads from: its own, or the one it handed to its response.
+
+    An answer with ``Connection: close`` makes http.client drop the
+    connection's ``sock`` while the response goes on reading the socket
+    through its file: without the socket noted when the request was made, a
+    server saying "close" and then trickling would outlive the deadline. A
+    socket noted and since closed has no descriptor left: shutting it is a no-op.
+    """
+    return getattr(connection, "sock", None) or getattr(connection, "_picoclaw_sock", None)
 
 
 def _watched_connection(base):
