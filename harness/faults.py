@@ -177,6 +177,14 @@ def processes_with_argument(argument: str) -> list[int]:
     return found
 
 
+def process_environment(pid: int) -> list[bytes]:
+    """The ``NAME=value`` entries of a process's environment (empty when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def kill_processes_with_argument(argument: str) -> None:
     """SIGKILL what `processes_with_argument` finds (a warm-connection process left by a test)."""
     for pid in processes_with_argument(argument):

@@ -6,6 +6,8 @@ What the fixtures are made of lives in harness/ (shared with bench/ and demo/).
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from fabfile.host.release import DownloadCache
@@ -43,14 +45,26 @@ def private_ledger(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def private_warm_connections(tmp_path_factory):
+def private_warm_connections(tmp_path_factory, private_ledger):
     """A warm-connection process a test starts (``--persist``, a doc line) serves a directory of
-    the session's own, never the user's, and is killed when the session ends."""
+    the session's own, never the user's, and is killed when the session ends. One the session
+    started elsewhere (a test that lost the variable) fails the session: it would be left running."""
     runtime = tmp_path_factory.mktemp("warm") / "rt"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PICOCLAW_FLEET_RUNTIME_DIR", str(runtime))
         yield runtime
     faults.kill_processes_with_argument(str(runtime))
+
+    def ours():  # started under this session: it inherited the session's ledger variable
+        marker = f"PICOCLAW_FLEET_LEDGER={private_ledger}".encode()
+        return [pid for pid in faults.processes_with_argument("fabfile.ssh.persist_daemon")
+                if marker in faults.process_environment(pid)]
+
+    deadline = time.monotonic() + 10  # SIGKILL lands at once, the exit a moment later
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if ours():
+        raise AssertionError(f"warm-connection processes this session left outside its directory: {ours()}")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -263,7 +263,7 @@ def test_only_its_own_user_reaches_the_process(warm_hosts, fleet_config, open_pa
     assert ignored.returncode == 0 and ignored.stdout.strip() in ("b''", "reset"), ignored.stderr
 
 
-def test_a_lease_is_one_runs_alone(warm_hosts, fleet_config, warm_env):
+def test_a_lease_is_one_runs_alone(warm_hosts, fleet_config, warm_env, monkeypatch):
     config = fleet_config(warm_hosts[:1])
     assert status(config, warm_env, "--persist", "60")[0].returncode == 0
     from fabfile.core.config import load_config
@@ -271,23 +271,21 @@ def test_a_lease_is_one_runs_alone(warm_hosts, fleet_config, warm_env):
     from fabfile.ssh.connections import open_fleet
 
     fleet = load_config(config)
-    os.environ["PICOCLAW_FLEET_RUNTIME_DIR"] = warm_env["PICOCLAW_FLEET_RUNTIME_DIR"]
-    try:
-        one, two = (open_fleet(RunContext(fleet, fleet.hosts, persist=60))[0] for _ in range(2))
-        one.open()
-        two.open()
-        assert one.transport.conn_id != two.transport.conn_id, "a run in parallel gets a connection of its own"
-        assert one.run("echo one", hide=True, in_stream=False).stdout == "one\n"
-        assert two.run("echo two", hide=True, in_stream=False).stdout == "two\n"
-        first_id = one.transport.conn_id
-        one.close()
-        three = open_fleet(RunContext(fleet, fleet.hosts, persist=60))[0]
-        three.open()
-        assert three.transport.conn_id == first_id, "a given-back connection is leased again"
-        three.close()
-        two.close()
-    finally:
-        os.environ.pop("PICOCLAW_FLEET_RUNTIME_DIR")
+    # in this process, the test's own directory (and the session's again afterwards: monkeypatch restores it)
+    monkeypatch.setenv("PICOCLAW_FLEET_RUNTIME_DIR", warm_env["PICOCLAW_FLEET_RUNTIME_DIR"])
+    one, two = (open_fleet(RunContext(fleet, fleet.hosts, persist=60))[0] for _ in range(2))
+    one.open()
+    two.open()
+    assert one.transport.conn_id != two.transport.conn_id, "a run in parallel gets a connection of its own"
+    assert one.run("echo one", hide=True, in_stream=False).stdout == "one\n"
+    assert two.run("echo two", hide=True, in_stream=False).stdout == "two\n"
+    first_id = one.transport.conn_id
+    one.close()
+    three = open_fleet(RunContext(fleet, fleet.hosts, persist=60))[0]
+    three.open()
+    assert three.transport.conn_id == first_id, "a given-back connection is leased again"
+    three.close()
+    two.close()
 
 
 def test_the_process_leaves_after_the_idle_time(warm_hosts, fleet_config, warm_env):
