@@ -84,6 +84,27 @@ def pssh_run(hosts, key, parallel, command="true"):
     del client  # parallel-ssh disconnects when the client is freed; that is part of the cost
 
 
+def pssh_sequential_tasks(hosts, key, commands):
+    """parallel-ssh's batch: one client, a connection per host, the tasks dealt out as `fabric_sequential_tasks` does.
+
+    parallel-ssh runs one command per host at a time, so each host's share
+    goes in rounds (``run_command`` with a command per host, joined); the
+    connections stay open from one round to the next. Raises unless every
+    task exited 0.
+    """
+    client = pssh_client(hosts, key, len(hosts))
+    shares = [commands[i :: len(hosts)] for i in range(len(hosts))]
+    for round_ in range(max(len(share) for share in shares)):
+        turn = [share[round_] if round_ < len(share) else "true" for share in shares]
+        # "%s" % task: the task verbatim; latin-1 reads any bytes (the banner's emoji may be split across reads)
+        output = client.run_command("%s", host_args=turn, stop_on_errors=True, encoding="latin-1")
+        client.join(output, consume_output=True)
+        failed = [o.host for o in output if o.exit_code != 0]
+        if failed or len(output) != len(hosts):
+            raise RuntimeError(f"parallel-ssh: {len(failed)} of {len(hosts)} tasks failed in round {round_}")
+    del client
+
+
 def pssh_copy(hosts, key, parallel, local_file, remote_file):
     """``ParallelSSHClient.copy_file(local, remote)`` over SFTP, every greenlet joined (errors raised)."""
     import gevent
