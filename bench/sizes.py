@@ -55,10 +55,37 @@ class Side:
         return None
 
 
+def bare_check(files):
+    """The check of a bare script's run over `files`' hosts: exit 0, every host ok."""
+    def check(run):
+        if run.returncode != 0:
+            raise peers.PeerFailed(f"exited {run.returncode}: {run.stderr.strip()[-300:]}")
+        peers.expect_ok_count(run, files)
+    return check
+
+
+def cli_check(verb, count, warm=False):
+    """The check of a ``fab VERB --json`` run: exit 0, `count` hosts ok, a dispatch's answers the task text.
+
+    `warm`: the run must also have used the warm-connection process (no
+    ``persist:`` line saying it connected directly).
+    """
+    from .figures import expect_all_ok
+    from .verbs import VerbFailed, summary
+
+    def check(run):
+        if run.returncode != 0 or (warm and "persist:" in run.stderr):
+            said = summary(run.stdout) if run.stdout.strip() else ""
+            raise VerbFailed(f"fab {verb} exited {run.returncode}: {said} {run.stderr.strip()[-300:]}")
+        data = expect_all_ok(json.loads(run.stdout), count, verb)
+        if verb == "dispatch" and any(h["answer"] != TASK_TEXT for h in data["hosts"]):
+            raise VerbFailed("dispatch: a host answered something other than the task text")
+    return check
+
+
 def size_rows(bench, count, first):
     """Figure 7 at `count` hosts: the rows ``7a/N`` (ours) ... ``7h/N`` (the peers)."""
-    from .figures import ROOT, expect_all_ok
-    from .verbs import VerbFailed, summary
+    from .figures import ROOT
 
     hosts = bench.fleet.hosts[:count]
     bench.fleet.install_standin(hosts)
@@ -66,28 +93,15 @@ def size_rows(bench, count, first):
                             bench.workdir / f"peers-{count}").write()
     config = bench.fleet.config(f"sizes-{count}", hosts, count)
     python, fab = sys.executable, str(bench.bindir / "fab")
-
-    def bare_ok(run):
-        if run.returncode != 0:
-            raise peers.PeerFailed(f"exited {run.returncode}: {run.stderr.strip()[-300:]}")
-        peers.expect_ok_count(run, files)
-
-    def cli_ok(verb):
-        def check(run):
-            if run.returncode != 0:
-                said = summary(run.stdout) if run.stdout.strip() else run.stderr.strip()[-300:]
-                raise VerbFailed(f"fab {verb} exited {run.returncode}: {said}")
-            data = expect_all_ok(json.loads(run.stdout), count, verb)
-            if verb == "dispatch" and any(h["answer"] != TASK_TEXT for h in data["hosts"]):
-                raise VerbFailed("dispatch: a host answered something other than the task text")
-        return check
+    bare_ok = bare_check(files)
 
     tg_argv = [python, peers.SCRIPTS / "threading_group_true.py", files.path("hosts.json")]
     sides = {
         "threading-group": Side(tg_argv, bench.env, files.directory, bare_ok),
         "dispatch": Side([fab, "dispatch", "--all", "--task", TASK_TEXT, "--config", config, "--json"],
-                         bench.env, ROOT, cli_ok("dispatch")),
-        "status": Side([fab, "status", "--config", config, "--json"], bench.env, ROOT, cli_ok("status")),
+                         bench.env, ROOT, cli_check("dispatch", count)),
+        "status": Side([fab, "status", "--config", config, "--json"], bench.env, ROOT,
+                       cli_check("status", count)),
     }
     commands = {key: peers.Invocation(side.argv).text() for key, side in sides.items()}
     absent = {}
@@ -148,8 +162,7 @@ def figure_warm(bench):
     keeping them lives in a runtime directory of the bench's own and is
     stopped at the end.
     """
-    from .figures import ROOT, expect_all_ok
-    from .verbs import VerbFailed, summary
+    from .figures import ROOT
 
     count = bench.options.hosts  # figures 1-3's fleet: 64 hosts, 4 with --quick
     what = f"{count} hosts"
@@ -164,28 +177,16 @@ def figure_warm(bench):
     config = bench.fleet.config("warm", hosts, count)
     env = {**bench.env, "PICOCLAW_FLEET_RUNTIME_DIR": str(bench.workdir / "warm-runtime")}
     python, fab = sys.executable, str(bench.bindir / "fab")
-
-    def bare_ok(run):
-        if run.returncode != 0:
-            raise peers.PeerFailed(f"exited {run.returncode}: {run.stderr.strip()[-300:]}")
-        peers.expect_ok_count(run, files)
-
-    def cli_ok(verb):
-        def check(run):
-            if run.returncode != 0 or "persist:" in run.stderr:
-                said = summary(run.stdout) if run.stdout.strip() else ""
-                raise VerbFailed(f"fab {verb} exited {run.returncode}: {said} {run.stderr.strip()[-300:]}")
-            expect_all_ok(json.loads(run.stdout), count, verb)
-        return check
+    bare_ok = bare_check(files)
 
     dispatch = [fab, "dispatch", "--all", "--task", TASK_TEXT, "--config", config, "--json", "--no-record"]
     status = [fab, "status", "--config", config, "--json"]
     sides = {
         "threading-group": Side([python, peers.SCRIPTS / "threading_group_true.py", files.path("hosts.json")],
                                 bench.env, files.directory, bare_ok),
-        "warm-dispatch": Side([*dispatch, "--persist", "600"], env, ROOT, cli_ok("dispatch")),
-        "cold-dispatch": Side(dispatch, env, ROOT, cli_ok("dispatch")),
-        "warm-status": Side([*status, "--persist", "600"], env, ROOT, cli_ok("status")),
+        "warm-dispatch": Side([*dispatch, "--persist", "600"], env, ROOT, cli_check("dispatch", count, warm=True)),
+        "cold-dispatch": Side(dispatch, env, ROOT, cli_check("dispatch", count)),
+        "warm-status": Side([*status, "--persist", "600"], env, ROOT, cli_check("status", count, warm=True)),
     }
     try:
         s = interleaved(bench.options.reps, sides)

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from fabfile.ssh.persist import SOCKET_NAME
 from harness import faults
 from harness.cli import FAB, REPO
 from harness.sshd import public_key
-from tests.batch_support import RUN_LIMIT_S, no_task_left_running, running_tasks
+from tests.batch_support import RUN_LIMIT_S, no_task_left_running, running_tasks, wait_until
 
 
 def fab(args, env, timeout=180):
@@ -34,15 +33,6 @@ def fab(args, env, timeout=180):
 def daemon_pids(runtime):
     """Pids of warm-connection processes serving `runtime` (from /proc, not from the process itself)."""
     return faults.processes_with_argument(str(runtime))
-
-
-def wait_until(predicate, what, limit=30):
-    """Poll `predicate` until true (a liveness wait, not a performance bound)."""
-    end = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

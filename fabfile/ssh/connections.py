@@ -427,8 +427,7 @@ def open_fleet(run):
     connections = []
     for entry in run.entries:
         try:
-            cxn = build_connection(entry, defaults, keys, config, run.fleet.hosts, warm=warm)
-            connections.append(cxn)
+            connections.append(build_connection(entry, defaults, keys, config, run.fleet.hosts, warm=warm))
         except UsageError:
             raise
         except Exception as exc:  # a host's failure is its report, never the run's crash

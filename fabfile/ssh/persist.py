@@ -35,11 +35,10 @@ import threading
 import time
 from pathlib import Path
 
-from paramiko.buffered_pipe import BufferedPipe
+from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 
-from ..core.errors import UsageError
 from ..core.status import Status
-from .connections import ConnectFailed, FleetConnection, gateway_entry
+from .connections import MAX_GATEWAY_HOPS, ConnectFailed, FleetConnection, gateway_entry
 
 #: Overrides where the socket lives (else $XDG_RUNTIME_DIR/picoclaw-fleet, else /tmp/picoclaw-fleet-UID).
 ENV_RUNTIME_DIR = "PICOCLAW_FLEET_RUNTIME_DIR"
@@ -47,8 +46,6 @@ SOCKET_NAME = "warm.sock"
 LOG_NAME = "warm.log"
 #: How long a run waits for a process it started to listen: it imports Fabric (~0.3 s on a quiet machine).
 SPAWN_WAIT_S = 10
-#: ``--persist`` / ``defaults.persist`` may keep connections at most a day.
-MAX_PERSIST_S = 86400
 
 _HEADER = struct.Struct(">cI")
 #: Frames: a request (JSON) and the answer to it; stdin, its end, stdout, stderr, their end, the exit.
@@ -124,19 +121,6 @@ def private_dir(path):
     if info.st_mode & 0o077:
         return f"{path} is open to other users (mode {stat.S_IMODE(info.st_mode):o}; it must be 700)"
     return None
-
-
-def persist_seconds(value, default=0):
-    """``--persist`` as seconds (a number from 0 to a day; 0 turns it off); `default` when not given."""
-    if value is None:
-        return float(default or 0)
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = float("nan")
-    if not 0 <= seconds <= MAX_PERSIST_S:
-        raise UsageError(f"--persist {value!r}: expected seconds from 0 (off) to {MAX_PERSIST_S}")
-    return seconds
 
 
 class Daemon:
@@ -226,7 +210,7 @@ def existing_daemon(environ=None):
 def connection_spec(entry, defaults, config, config_hosts):
     """What the process needs to build `entry`'s connection as `build_connection` would here (JSON)."""
     hops, gateway = [], entry.gateway
-    while gateway and len(hops) <= 8:
+    while gateway and len(hops) <= MAX_GATEWAY_HOPS:
         hop = gateway_entry(gateway, config_hosts)
         hops.append(hop)
         gateway = hop.gateway
@@ -297,7 +281,7 @@ class WarmConnection(FleetConnection):
                 raise DaemonUnavailable(answer.get("message", "the process cannot make this connection"))
             raise WarmHostFailure(answer["status"], answer["message"])
         self.lease = sock
-        self.transport = WarmTransport(self, answer["conn"], answer.get("handshakes", 0))
+        self.transport = WarmTransport(self, answer["conn"])
         self.client._transport = self.transport  # measure_latency, deadlines, connection_dropped ask the client
         return None
 
@@ -329,8 +313,8 @@ class WarmConnection(FleetConnection):
 class WarmTransport:
     """Stands in for paramiko's `Transport` on a `WarmConnection`: what our code and Fabric's ask of it."""
 
-    def __init__(self, cxn, conn_id, handshakes):
-        self.cxn, self.conn_id, self.handshakes = cxn, conn_id, handshakes
+    def __init__(self, cxn, conn_id):
+        self.cxn, self.conn_id = cxn, conn_id
         self.active = True
         self.lock = threading.Lock()
         self.channels = set()
@@ -443,9 +427,7 @@ class RemoteChannel:
 
     def _go_direct(self, why, direct_start):
         cxn = self.transport.cxn
-        if not isinstance(cxn.transport, WarmTransport) or cxn.transport is not self.transport:
-            pass  # another channel already took the connection direct
-        else:
+        if cxn.transport is self.transport:  # else another channel already took the connection direct
             cxn.go_direct(why)
         self.direct = cxn.transport.open_session()
         if self.env:
@@ -503,8 +485,6 @@ class RemoteChannel:
         return self._read_pipe(self.err, nbytes)
 
     def _read_pipe(self, pipe, nbytes):
-        from paramiko.buffered_pipe import PipeTimeout
-
         try:
             return pipe.read(nbytes, self.timeout)
         except PipeTimeout:

@@ -335,8 +335,7 @@ class Server:
             send_frame(sock, ANSWER, json.dumps(failure(exc, spec)).encode())
             return
         try:
-            send_frame(sock, ANSWER, json.dumps({"ok": True, "conn": host.conn_id,
-                                                 "handshakes": host.handshakes}).encode())
+            send_frame(sock, ANSWER, json.dumps({"ok": True, "conn": host.conn_id}).encode())
             while True:
                 kind, payload = read_frame(sock)
                 if kind != REQUEST:
