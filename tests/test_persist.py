@@ -367,3 +367,18 @@ def test_a_run_with_another_ssh_agent_connects_directly(warm_hosts, fleet_config
     assert result.returncode == 0, result.stderr
     assert {h["status"] for h in hosts.values()} == {"ok"}
     assert {c["uses"] for c in warm_state(warm_env)["connections"]} == {1}, "no kept connection served it"
+
+
+def test_a_frozen_process_ends_in_a_direct_run_not_a_hang(warm_hosts, fleet_config, warm_env):
+    """A warm-connection process that stops answering (SIGSTOP) is waited for a bounded time, then bypassed."""
+    config = fleet_config(warm_hosts, connect_timeout=1)
+    assert status(config, warm_env, "--persist", "60")[0].returncode == 0
+    [pid] = daemon_pids(warm_env["PICOCLAW_FLEET_RUNTIME_DIR"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        result, hosts = status(config, warm_env, "--persist", "60")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert result.returncode == 0, result.stderr
+    assert {h["status"] for h in hosts.values()} == {"ok"}
+    assert "persist: no warm-connection process" in result.stderr

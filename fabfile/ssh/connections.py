@@ -439,7 +439,7 @@ def warm_connections(run, config):
     """A function making `persist.WarmConnection`s for `run`, or None (said why) when there is no process."""
     from . import persist  # only runs that keep connections pay for its import
 
-    daemon, problem = persist.reach_daemon(run.persist_s)
+    daemon, problem = persist.reach_daemon(run.persist_s, persist.answer_seconds(run.defaults.connect_timeout))
     if daemon is None:
         run.notify(f"persist: no warm-connection process ({problem}); connecting directly")
         return None

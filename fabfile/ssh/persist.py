@@ -38,7 +38,7 @@ from pathlib import Path
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 
 from ..core.status import Status
-from .connections import MAX_GATEWAY_HOPS, ConnectFailed, FleetConnection, gateway_entry
+from .connections import MAX_GATEWAY_HOPS, ConnectFailed, ConnectStalled, FleetConnection, gateway_entry
 
 #: Overrides where the socket lives (else $XDG_RUNTIME_DIR/picoclaw-fleet, else /tmp/picoclaw-fleet-UID).
 ENV_RUNTIME_DIR = "PICOCLAW_FLEET_RUNTIME_DIR"
@@ -46,6 +46,10 @@ SOCKET_NAME = "warm.sock"
 LOG_NAME = "warm.log"
 #: How long a run waits for a process it started to listen: it imports Fabric (~0.3 s on a quiet machine).
 SPAWN_WAIT_S = 10
+#: A request's answer may take this many times the connect timeout (`answer_seconds`).
+ANSWER_FACTOR = 5
+#: ... and, for ``fab persist`` (no fleet, no connect timeout), this many seconds.
+STATUS_ANSWER_S = 10
 
 _HEADER = struct.Struct(">cI")
 #: Frames: a request (JSON) and the answer to it; stdin, its end, stdout, stderr, their end, the exit.
@@ -123,15 +127,26 @@ def private_dir(path):
     return None
 
 
-class Daemon:
-    """The warm-connection process of this user, as a run reaches it: one socket per request."""
+def answer_seconds(connect_timeout):
+    """How long the process may take to answer a request: its own work (a handshake, under the
+    connection's deadlines) and then some. A process that takes longer is stuck, not slow."""
+    return ANSWER_FACTOR * float(connect_timeout)
 
-    def __init__(self, path, persist_s):
-        self.path, self.persist_s = Path(path), persist_s
+
+class Daemon:
+    """The warm-connection process of this user, as a run reaches it: one socket per request.
+
+    Every answer is awaited at most `answer_timeout` seconds: a stopped or
+    wedged process ends as `DaemonUnavailable`, never as a hang.
+    """
+
+    def __init__(self, path, persist_s, answer_timeout=STATUS_ANSWER_S):
+        self.path, self.persist_s, self.answer_timeout = Path(path), persist_s, answer_timeout
 
     def connect(self):
         """A socket connected to the process; `DaemonUnavailable` when nobody listens."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.answer_timeout)
         try:
             sock.connect(str(self.path))
         except OSError as exc:
@@ -156,13 +171,13 @@ class Daemon:
         return json.loads(payload)
 
 
-def reach_daemon(persist_s, environ=None):
+def reach_daemon(persist_s, answer_timeout, environ=None):
     """The `Daemon` to use, started if it is not running; (None, why) when there cannot be one."""
     directory = runtime_dir(environ)
     problem = private_dir(directory)
     if problem is not None:
         return None, problem
-    daemon = Daemon(directory / SOCKET_NAME, persist_s)
+    daemon = Daemon(directory / SOCKET_NAME, persist_s, answer_timeout)
     try:
         daemon.request({"op": "ping"})
         return daemon, None
@@ -358,6 +373,10 @@ class WarmTransport:
             channels = list(self.channels)
         for channel in channels:
             channel.close()
+        # from a thread of its own: this runs in the one deadline watchdog, which must never wait on the process
+        threading.Thread(target=self._drop, daemon=True, name="warm-drop").start()
+
+    def _drop(self):
         try:
             self.cxn.daemon.request({"op": "drop", "conn": self.conn_id})
         except DaemonUnavailable:
@@ -404,24 +423,32 @@ class RemoteChannel:
     def _start(self, message, direct_start):
         cxn = self.transport.cxn
         try:
-            sock = cxn.daemon.connect()
+            sock = self.sock = cxn.daemon.connect()  # noted at once: a deadline's close() must reach it
         except DaemonUnavailable as exc:
             return self._go_direct(str(exc), direct_start)
         try:
             send_frame(sock, REQUEST, json.dumps({"op": "exec", "conn": self.transport.conn_id, "env": self.env,
                                                   "persist": cxn.daemon.persist_s, **message}).encode())
             kind, payload = read_frame(sock)
+        except socket.timeout:
+            sock.close()  # it may yet start the command: never start it a second time, directly
+            raise ConnectStalled(f"the warm-connection process did not answer within "
+                                 f"{cxn.daemon.answer_timeout:g}s") from None
         except OSError:
             kind = None
+        if self.closed:
+            raise OSError("the channel was closed (the host's deadline passed)")
         if kind != ANSWER:
             sock.close()
+            self.sock = None
             return self._go_direct("the warm-connection process went away", direct_start)
         answer = json.loads(payload)
         if not answer.get("ok"):
             sock.close()
+            self.sock = None
             self.transport.active = False
             raise WarmHostFailure(answer["status"], answer["message"])
-        self.sock = sock
+        sock.settimeout(None)  # a task may print nothing for its whole run: the host's deadlines bound it
         threading.Thread(target=self._read, daemon=True, name="warm-channel").start()
         return None
 
