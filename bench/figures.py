@@ -153,7 +153,7 @@ def figure_status(bench):
         Row("2b", f"status, {n}", s["ours"], s["tg_probe"], "ThreadingGroup.run(facts.PROBE_COMMAND)",
             Goal("ratio", "<=", 1.3)),
     ]
-    rows[0].notes.append("status runs one probe command per host: shell reads of /proc and /sys, the version from deploy's note, one head | sed for PicoClaw's config files")
+    rows[0].notes.append("status runs one probe command per host: shell reads of /proc and /sys, the version from deploy's note, one head for PicoClaw's config.json (the shell masks .security.yml)")
     probe_ms, true_ms = remote_command_cpu_ms(PROBE_COMMAND, hosts[0]), remote_command_cpu_ms("true", hosts[0])
     rows[1].notes.append("isolates our own cost: the baseline runs the same probe through a bare ThreadingGroup. "
                          f"The probe costs {probe_ms:.0f} ms of CPU per host against {true_ms:.0f} ms for 'true'")

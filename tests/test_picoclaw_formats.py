@@ -84,8 +84,9 @@ def test_mips_is_mipsle_only_when_little_endian():
 
 
 def masked(text):
-    """The probe's own sed script over `text`, as the host runs it."""
-    return subprocess.run(["sed", "-E", SECURITY_MASK], input=text, capture_output=True, text=True, check=True).stdout
+    """The probe's own mask over `text`, as a host's /bin/sh runs it."""
+    return subprocess.run(["/bin/sh", "-c", SECURITY_MASK], input=text, capture_output=True, text=True,
+                          check=True).stdout
 
 
 ONBOARD_SECURITY = "channel_list:\n  discord:\n    settings: {}\nmodel_list:\n  claude-sonnet-4.6:0: {}\n  gpt-5.4:0: {}\n"

@@ -12,8 +12,10 @@ import stat
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fabfile.host.facts import CONFIG_BYTES, CONFIG_SECTIONS, PROBE_COMMAND, SECURITY_MASK, parse_probe, probe_sections
+from fabfile.host.facts import CONFIG_BYTES, PROBE_COMMAND, SECURITY_MASK, parse_probe, probe_sections
 from fabfile.host.paths import BINARY_PATH, CONFIG_FILE, SECURITY_FILE, VERSION_CACHE, VERSION_CACHE_BINARY
 from harness.cli import API_KEY, fab, fab_json
 from harness.standin import build_standin, write_picoclaw_config
@@ -164,12 +166,12 @@ def run_probe(shell, home, path=DEFAULT_PATH, prefix=()):
 @pytest.mark.skipif(not os.path.exists("/proc/sys/kernel/arch"), reason="needs Linux 6.1+ (/proc/sys/kernel/arch)")
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda argv: argv[0])
 @pytest.mark.parametrize("files, started", [
-    ((CONFIG_FILE, SECURITY_FILE), ["head", "sed"]),  # one head for both files, one sed masking one of them
+    ((CONFIG_FILE, SECURITY_FILE), ["head"]),  # head copies config.json; the shell masks .security.yml itself
     ((CONFIG_FILE,), ["head"]),
     ((SECURITY_FILE,), []),  # .security.yml only matters for the model a config.json selects
     ((), []),
 ])
-def test_a_deployed_host_starts_at_most_head_and_sed(shell, files, started, tmp_path):
+def test_a_deployed_host_starts_at_most_head(shell, files, started, tmp_path):
     """uname, the CPU count, the load and the version are the shell's own reads; no ``picoclaw version``."""
     home = provisioned_home(tmp_path)
     for name in (CONFIG_FILE, SECURITY_FILE):
@@ -183,7 +185,7 @@ def test_a_deployed_host_starts_at_most_head_and_sed(shell, files, started, tmp_
 def started_programs(log):
     """The programs an ``strace -f -e trace=execve`` log shows started, in order (the shell first).
 
-    ``head | sed`` start at once: strace then splits a call into ``execve("...", <unfinished ...>``
+    Programs that start at once (a pipeline) make strace split a call into ``execve("...", <unfinished ...>``
     and ``<... execve resumed>) = 0`` lines of the same pid.
     """
     calls, started = {}, []
@@ -199,9 +201,11 @@ def started_programs(log):
 # --- what the probe prints, under each shell ------------------------------------------------------------
 
 
-def masked(text):
-    return subprocess.run(["sed", "-E", SECURITY_MASK], input=text.encode("utf-8", "surrogateescape"),
-                          capture_output=True, check=True).stdout.decode("utf-8", "surrogateescape")
+def masked(text, shell=("/bin/sh",)):
+    """The probe's mask over `text` (str, or bytes as they are), as `shell` runs it."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+    return subprocess.run([*shell, "-c", SECURITY_MASK], input=data, capture_output=True, check=True,
+                          env={"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}).stdout.decode("utf-8", "surrogateescape")
 
 
 SECURITY_TEXTS = [
@@ -210,7 +214,8 @@ SECURITY_TEXTS = [
     "", "\n", "--- config.json\n--- security\nk: sk-x\n", "==> config.json <==\nk: sk-y\n",
     "token: \"123:abc def\"\n  -   >-\n      sk-folded\n\xff\xfe: sk-z\n",
 ]
-CONFIG_TEXTS = ['{\n  "a": 1\n}\n', '{"a": 1}', "", "\n\n", "{not json\n", '{"k": "==> config.json <=="}\n']
+CONFIG_TEXTS = ['{\n  "a": 1\n}\n', '{"a": 1}', "", "\n\n", "{not json\n", '{"k": "==> config.json <=="}\n',
+                '{"k": 1}\n--- security\n']
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda argv: argv[0])
@@ -226,27 +231,93 @@ def test_sections_are_the_bounded_config_and_the_masked_security_under_every_she
                 security.write_bytes(security_text.encode("utf-8", "surrogateescape"))
             out = run_probe(shell, home)
             _, shown_config, shown_security = probe_sections(out)
-            assert shown_config == config_text[:CONFIG_BYTES]
-            assert shown_security == (None if security_text is None else masked(security_text))
             assert "sk-" not in out
+            if security_text is None and "--- security" in config_text:
+                continue  # not JSON, and no .security.yml: the config section ends at its own marker line
+            assert shown_config == config_text[:CONFIG_BYTES]  # split at the last marker: the mask prints none
+            assert shown_security == (None if security_text is None else masked(security_text, shell))
             assert "version_from=note" in out
 
 
-@pytest.mark.parametrize("sed", [["sed"]] + ([["busybox", "sed"]] if shutil.which("busybox") else []),
-                         ids=lambda argv: argv[0])
-@pytest.mark.parametrize("head_output", [
-    # GNU head, and busybox head, when config.json could not be read: no header of its own
-    "==> .security.yml <==\nk: sk-1\n",
-    "\n==> .security.yml <==\nk: sk-1\n",
-    # a header-like line in .security.yml is masked like the rest, or marks (spoiling the config section)
-    "==> config.json <==\n{}\n\n==> .security.yml <==\nk: sk-1\n==> config.json <==\nj: sk-2\n"
-    "==> .security.yml <==\nm: sk-3",
+#: What the probe ran before the mask was the shell's own (sed -E, one process more), kept as
+#: the reference the shell must agree with on what PicoClaw and people write in .security.yml.
+SED_MASK = "\n".join([
+    r"/^[[:space:]]*(#|$)/d",
+    r"s/^([[:space:]]*-)[[:space:]]+[^[:space:]].*$/\1 x/",
+    r"/^[[:space:]]*-( x)?[[:space:]]*$/b",
+    r"""s/^([[:space:]]*("[^"]*"|'[^']*'|([^:#"'[:space:]]|:[^[:space:]])([^:#]|:[^[:space:]])*)[[:space:]]*:)"""
+    r"""[[:space:]]+(\[\]|\{\}|""|'')[[:space:]]*(#.*)?$/\1 \5/""",
+    "t",
+    r"""s/^([[:space:]]*("[^"]*"|'[^']*'|([^:#"'[:space:]]|:[^[:space:]])([^:#]|:[^[:space:]])*)[[:space:]]*:)"""
+    r"[[:space:]]+[^[:space:]#].*$/\1 x/",
+    "t",
+    r"""s/^([[:space:]]*("[^"]*"|'[^']*'|([^:#"'[:space:]]|:[^[:space:]])([^:#]|:[^[:space:]])*)[[:space:]]*:)"""
+    r"[[:space:]]*(#.*)?$/\1/",
+    "t",
+    "d",
 ])
-def test_the_config_script_never_lets_security_through_unmasked(sed, head_output):
-    out = subprocess.run([*sed, "-E", CONFIG_SECTIONS], input=head_output, capture_output=True, text=True,
-                         check=True).stdout
-    assert "sk-" not in out
-    assert out.count("--- security") == head_output.count("==> .security.yml <==")
+
+WRITTEN_SECURITY = (
+    "# written by hand\nmodel_list:\n  \"claude-sonnet-4.6:0\":\n    api_keys: [\"sk-a\", \"sk-b\"]  # two\n"
+    "  'gpt-5.4:0':\n    api_key: sk-c\n  gemini:\n    api_keys:\n      - sk-d\n      -   'sk-e'\n      -\n"
+    "  empty:0: {}\n  none:0:\n  blank: ''\n  dq: \"\"\n  list: []\n  spaced : v\n\tcr: v\r\n  crkey:\r\n"
+    "channel_list:\n  telegram:\n    token: \"123:abc def\"\n    settings: {a: 1}\n  -foo: bar\n  -: x\n"
+    "web:\n  brave:\n    api_keys:\n    - >-\n      sk-folded\n    - |\n      sk-literal\n"
+)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda argv: argv[0])
+@pytest.mark.parametrize("text", [WRITTEN_SECURITY] + SECURITY_TEXTS[:2], ids=["written", "onboard", "no-newline"])
+def test_the_shell_mask_gives_what_the_sed_mask_gave(shell, text):
+    """What sed gave, but for a final newline the shell always ends with."""
+    sed = subprocess.run(["sed", "-E", SED_MASK], input=text, capture_output=True, text=True, check=True).stdout
+    assert masked(text, shell) == (sed if sed.endswith("\n") or not sed else sed + "\n")
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda argv: argv[0])
+@pytest.mark.parametrize("line, shown", [
+    ("a::: sk-1", ""), ("key:#sk-2", ""), ("a:#b: sk-3", ""),  # sed read these keys; dropped now
+    ("\xff\xfe: sk-4", "\xff\xfe: x\n"),  # not UTF-8: sed dropped it, the shell masks it
+    ('"unterminated: sk-5', ""), ('"a":sk-6', ""), ("'a' b: sk-7", ""), (": sk-8", ""), ("sk-9", ""),
+    ("--- security", ""), ("--- config.json", ""), ("==> .security.yml <==", ""),
+])
+def test_lines_the_shell_mask_drops_or_reads_unlike_sed_never_show_a_value(shell, line, shown):
+    assert masked(line + "\n", shell) == shown
+
+
+def test_the_mask_stops_after_config_bytes_of_input():
+    line = "k: v\n"
+    text = line * (CONFIG_BYTES // len(line)) + "last: sk-1\n"
+    shown = masked(text)
+    assert shown == "k: x\n" * (CONFIG_BYTES // len(line)) and "last" not in shown
+
+
+#: A YAML line as it comes: indentation, a plain or quoted key and a value after it, a list item, or a
+#: line without a key (a block scalar's, a flow collection's rest); the value always holds the marker,
+#: which must never come out. (A line of a block scalar that reads as a key shows that key: sed did too.)
+SECRET = "SeCrEt"
+_VALUE_TEXT = st.text(st.sampled_from(list(" \t:#-'\"[]{}|>x9") + ["\r"]), max_size=6)
+_NO_KEY_TEXT = st.text(st.sampled_from(list(" \t#-'\"[]{}|>x9") + ["\r"]), max_size=6)
+_KEYS = st.one_of(st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_.:-]{0,10}\Z"),
+                  st.from_regex(r'\A"[A-Za-z0-9 _.:-]{0,8}"\Z'), st.from_regex(r"\A'[A-Za-z0-9 _.:-]{0,8}'\Z"))
+_LINE = st.one_of(
+    st.tuples(st.sampled_from(["", "  ", "\t", "    "]), _KEYS, st.sampled_from([":", " :"]),
+              st.sampled_from([" ", "  ", "\t"]), _VALUE_TEXT, _VALUE_TEXT).map(
+        lambda p: p[0] + p[1] + p[2] + p[3] + p[4] + SECRET + p[5]),
+    st.tuples(st.sampled_from(["", "  ", "\t"]), st.sampled_from(["- ", "-\t", "-  "]), _VALUE_TEXT).map(
+        lambda p: p[0] + p[1] + p[2] + SECRET),
+    st.tuples(_NO_KEY_TEXT, _NO_KEY_TEXT).map(lambda p: p[0] + SECRET + p[1]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_LINE, min_size=1, max_size=12))
+def test_no_value_ever_leaves_the_mask(lines):
+    text = "\n".join(lines) + "\n"
+    shown = masked(text)
+    assert SECRET not in shown, (text, shown)
+    for line in shown.splitlines():  # a masked line: a key, an item, or the empty value after a key
+        assert line.rstrip().endswith((":", ": x", ": []", ": {}", ': ""', ": ''", "- x", "-")), (text, shown)
 
 
 # --- the machine: the kernel's word, uname only where the kernel has none ----------------------------

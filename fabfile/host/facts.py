@@ -39,62 +39,56 @@ ARCH_NAMES = {
     "s390x": "s390x",
 }
 
-#: A sed -E script that keeps a YAML file's keys and masks every value as
-#: ``x`` (empty ``[]``, ``{}``, ``""`` stay empty), dropping comments and any
-#: line it does not recognise: the probe learns whether a model has an API key
-#: without the key ever leaving the host.
-_YAML_KEY = r"""("[^"]*"|'[^']*'|([^:#"'[:space:]]|:[^[:space:]])([^:#]|:[^[:space:]])*)"""
-_KEY_LINE = r"^([[:space:]]*" + _YAML_KEY + r"[[:space:]]*:)"
-SECURITY_MASK = "\n".join([
-    r"/^[[:space:]]*(#|$)/d",
-    r"s/^([[:space:]]*-)[[:space:]]+[^[:space:]].*$/\1 x/",
-    r"/^[[:space:]]*-( x)?[[:space:]]*$/b",
-    "s/" + _KEY_LINE + r"""[[:space:]]+(\[\]|\{\}|""|'')[[:space:]]*(#.*)?$/\1 \5/""",
-    "t",
-    "s/" + _KEY_LINE + r"[[:space:]]+[^[:space:]#].*$/\1 x/",
-    "t",
-    "s/" + _KEY_LINE + r"[[:space:]]*(#.*)?$/\1/",
-    "t",
-    "d",
-])
+#: Bounds what the probe copies of PicoClaw's config files.
+CONFIG_BYTES = 262144
+
+#: A POSIX sh loop, the shell's own builtins only, that keeps the keys of
+#: the YAML on its stdin and masks every value as ``x`` (empty ``[]``,
+#: ``{}``, ``""``, ``''`` stay as they are), dropping comments, blank lines
+#: and any line it does not read as a key or a list item: the probe learns
+#: whether a model has an API key without the key ever leaving the host,
+#: and without starting sed. A line it prints is a prefix of the line that
+#: ends at the key's colon (plus `` x`` or the empty value), the indentation
+#: and ``- x`` for a list item, or an item's bare ``-`` unchanged, so no
+#: value is ever printed. The key is a quoted one (``"name:0"``) or the text
+#: before the first colon followed by a blank or the line's end, without a
+#: ``#`` nor a colon at its end; a key that is neither is dropped. It stops
+#: after `CONFIG_BYTES` of input: a huge file is not read to its end.
+SECURITY_MASK = (
+    "n=0; while IFS= read -r l || [ -n \"$l\" ]; do "
+    f"n=$((n + ${{#l}} + 1)); [ $n -le {CONFIG_BYTES} ] || break; "
+    'i=${l%%[![:space:]]*}; r=${l#"$i"}; '
+    "case $r in ''|'#'*) continue;; "
+    "-|-[[:space:]]*) case ${r#-} in *[![:space:]]*) printf '%s- x\\n' \"$i\";; *) printf '%s\\n' \"$l\";; esac; "
+    "continue;; esac; "
+    "case $r in "
+    '\\"*) t=${r#\\"}; case $t in *\\"*) t=${t#*\\"};; *) continue;; esac; '
+    't=${t#"${t%%[![:space:]]*}"}; case $t in :*) t=${t#:};; *) continue;; esac;; '
+    "\\'*) t=${r#\\'}; case $t in *\\'*) t=${t#*\\'};; *) continue;; esac; "
+    't=${t#"${t%%[![:space:]]*}"}; case $t in :*) t=${t#:};; *) continue;; esac;; '
+    '*:[[:space:]]*|*:) k=${r%%:[[:space:]]*}; [ "$k" != "$r" ] || k=${r%:}; '
+    "case $k in ''|*'#'*|*:) continue;; esac; t=${r#\"$k\"}; t=${t#:};; "
+    "*) continue;; esac; "
+    'p=${l%"$t"}; v=${t#"${t%%[![:space:]]*}"}; '
+    "case $v in ''|'#'*) printf '%s\\n' \"$p\"; continue;; esac; "
+    '[ "$v" != "$t" ] || continue; '
+    "case $v in '[]'*|'{}'*|'\"\"'*|\"''\"*) e=${v#??}; "
+    "case ${e#\"${e%%[![:space:]]*}\"} in ''|'#'*) printf '%s %s\\n' \"$p\" \"${v%\"$e\"}\"; continue;; esac;; esac; "
+    "printf '%s x\\n' \"$p\"; done"
+)
 
 #: How long ``picoclaw version`` may take on the host (the probe's own deadline allows for it).
 PROBE_VERSION_S = 10
 #: ``"$bin" version`` under the host's ``timeout``: a broken binary cannot hang the probe.
 _VERSION_RUN = bounded('"$bin" version', PROBE_VERSION_S)
-#: Bounds what the probe copies of PicoClaw's config files.
-CONFIG_BYTES = 262144
 #: config.json's and .security.yml's names in ~/.picoclaw, where the probe reads them.
 CONFIG_NAME, SECURITY_NAME = (posixpath.relpath(path, PICOCLAW_DIR) for path in (CONFIG_FILE, SECURITY_FILE))
-#: The sed -E script that the probe pipes ``head -c CONFIG_BYTES config.json
-#: .security.yml`` through (run in ~/.picoclaw, so head's headers are
-#: ``==> config.json <==`` and ``==> .security.yml <==``): one process that
-#: passes config.json through and masks .security.yml (`SECURITY_MASK`,
-#: unchanged). The first header goes (the probe has printed
-#: ``--- config.json``); from the second to the last line (a range: sed
-#: keeps its state, no hold space) every line is masked, and a line that
-#: reads as that header becomes ``--- security``, so nothing of
-#: .security.yml ever leaves the host unmasked. A header-like line that is
-#: really in a file (never in valid JSON, nor in a YAML mapping) adds a
-#: marker: `probe_sections` splits at the last one, which leaves the config
-#: section invalid JSON rather than a valid piece of it.
-CONFIG_SECTIONS = "\n".join([
-    f"/^==> {re.escape(SECURITY_NAME)} <==$/,${{",
-    f"s/^==> {re.escape(SECURITY_NAME)} <==$/--- security/",
-    "t",
-    "b mask",
-    "}",
-    "1{", f"/^==> {re.escape(CONFIG_NAME)} <==$/d", "}",
-    "b",
-    ":mask",
-    SECURITY_MASK,
-])
 _CONFIG, _SECURITY = shlex.quote(CONFIG_NAME), shlex.quote(SECURITY_NAME)
 #: Prints the ``key=value`` lines, then PicoClaw's config.json and its
 #: .security.yml with every value masked (`SECURITY_MASK`), each after a
-#: marker line. It costs the host little, two short-lived processes where
-#: it has both files (``head | sed``, `CONFIG_SECTIONS`), one with only
-#: config.json, none without: the machine is read from
+#: marker line. It costs the host little, one short-lived process where
+#: it has a config.json (``head``: .security.yml is masked by the shell
+#: itself), none without: the machine is read from
 #: /proc/sys/kernel/arch (Linux 6.1+; ``uname -m`` on older kernels), the
 #: load and the CPUs online from /proc and /sys, all by the shell itself,
 #: and the version from the note deploy leaves (`paths.VERSION_CACHE`) while
@@ -125,11 +119,11 @@ PROBE_COMMAND = (
     'echo "version_rc=$?"; v=${v#*"picoclaw "}; '
     "nl='\n'; printf 'version=%s\\n' \"${v%%\"$nl\"*}\"; fi; "
     f'if [ -f "$HOME/{ENV_FILE}" ]; then echo env=yes; else echo env=no; fi; '
-    # relative names from here on: head's headers are then exactly what CONFIG_SECTIONS looks for
     f'if cd "$HOME/{PICOCLAW_DIR}" >/dev/null 2>&1 && [ -f {_CONFIG} ]; then echo "--- config.json"; '
-    f'if [ -f {_SECURITY} ]; then head -c {CONFIG_BYTES} {_CONFIG} {_SECURITY} '
-    f'| sed -E {shlex.quote(CONFIG_SECTIONS)}; '
-    f'else head -c {CONFIG_BYTES} {_CONFIG}; fi; fi'
+    f'head -c {CONFIG_BYTES} {_CONFIG}; '
+    # the blank line and marker head would print between two files; a marker line inside config.json
+    # is harmless: probe_sections splits at the last one, and the mask never prints one
+    f"if [ -f {_SECURITY} ]; then printf '\\n--- security\\n'; {{ {SECURITY_MASK}; }} < {_SECURITY}; fi; fi"
 )
 
 VERSION_PATTERN = re.compile(r"v?(\d+\.\d+(?:\.\d+)?(?:[-+][0-9A-Za-z.+-]*)?)")
