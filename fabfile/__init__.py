@@ -6,7 +6,9 @@ when every selected host succeeded and 1 when any did not.
 
 The verbs (``fabfile.verbs``) and what they stand on are imported inside
 the tasks: ``fab --list`` and ``fab --help`` then load invoke alone, not
-paramiko, jsonschema and PyYAML. Everywhere else imports are at module top.
+paramiko, jsonschema and PyYAML; jsonschema is loaded only to check a config
+that has not passed before (`core.cache`). Everywhere else imports are at
+module top.
 
 Dispatch and batch runs are recorded in the run ledger (README, Runs): the
 tasks make a `core.recording.Recorder` before any host is contacted and

@@ -45,6 +45,16 @@ def private_ledger(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Downloads and the marks of configs that passed go to a cache of the session's own, never
+    the user's ~/.cache (a test that needs a cache of its own still sets XDG_CACHE_HOME)."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session", autouse=True)
 def private_warm_connections(tmp_path_factory, private_ledger):
     """A warm-connection process a test starts (``--persist``, a doc line) serves a directory of
     the session's own, never the user's, and is killed when the session ends. One the session

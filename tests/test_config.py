@@ -7,6 +7,7 @@ check the user-facing contract: one line on stderr, exit 2, nothing on stdout
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -561,3 +562,74 @@ def test_dispatch_refuses_an_empty_host_flag(tmp_path, guarded_env):
     path = write_json(tmp_path / "fleet.json", minimal())
     result = run_fab(["dispatch", "--config", str(path), "--host", ",", "-t", "hi"], guarded_env)
     assert_one_line_exit_2(result, "no hosts selected: --host ',' names none")
+
+
+# --- a config that passed is not checked again ----------------------------------------------------
+
+
+def marks(cache):
+    directory = cache / "picoclaw-fleet" / "valid-configs"
+    return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+
+
+def test_a_config_that_passed_is_remembered_and_any_change_is_checked_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = write_json(tmp_path / "fleet.json", minimal(parallel=7))
+    first = load_config(str(path))
+    [mark] = marks(tmp_path / "cache")
+    checked = []
+    monkeypatch.setattr(fleet_config_module, "validate_config", lambda data: checked.append(data))
+    assert load_config(str(path)) == first and checked == []  # same bytes, same rules: no check
+    write_json(path, minimal(parallel=8))
+    assert load_config(str(path)).defaults.parallel == 8 and len(checked) == 1  # new bytes: checked
+    monkeypatch.setattr(fleet_config_module, "validation_rules", lambda: b"other schema")
+    load_config(str(path))
+    assert len(checked) == 2  # the same bytes under other rules: checked
+    assert mark in marks(tmp_path / "cache")
+
+
+def test_a_config_that_failed_is_never_remembered(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = write_json(tmp_path / "fleet.json", minimal([{"name": "pi-1", "host": "127.0.0.1", "arch": "x86"}]))
+    for _ in range(2):
+        with pytest.raises(UsageError, match=r"hosts\[0\].arch: 'x86' is not one of"):
+            load_config(str(path))
+    assert marks(tmp_path / "cache") == []
+    # A valid config's mark never vouches for an invalid one: marks are by content.
+    write_json(path, minimal())
+    load_config(str(path))
+    write_json(path, minimal([{"name": "pi-1", "host": "127.0.0.1", "arch": "x86"}]))
+    with pytest.raises(UsageError, match="is not one of"):
+        load_config(str(path))
+
+
+def test_an_unwritable_cache_only_means_the_check_runs(monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    path = write_json(tmp_path / "fleet.json", minimal())
+    assert load_config(str(path)).hosts[0].name == "pi-1"
+    assert load_config(str(path)).hosts[0].name == "pi-1"
+
+
+def test_marks_are_kept_to_max_marks(monkeypatch, tmp_path):
+    from fabfile.core import cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MAX_MARKS", 3)
+    path = tmp_path / "fleet.json"
+    for parallel in range(1, 6):
+        write_json(path, minimal(parallel=parallel))
+        load_config(str(path))
+    assert len(marks(tmp_path / "cache")) == 3
+    assert cache.ValidConfigs(fleet_config_module.validation_rules()).known(path.read_bytes())
+
+
+def test_a_run_whose_config_passed_before_never_imports_jsonschema(tmp_path, guarded_env):
+    path = write_json(tmp_path / "fleet.json", minimal())
+    env = dict(guarded_env, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    code = ("import sys; from fabfile.core.config import load_config; "
+            f"load_config({str(path)!r}); print('jsonschema' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                           check=True).stdout.strip() for _ in range(2)]
+    assert runs == ["True", "False"]

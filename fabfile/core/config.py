@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import jsonschema
-
+from .cache import ValidConfigs
 from .errors import UsageError, one_line
 
 #: The seed's default: the config inside OpenClaw's default workspace.
@@ -283,8 +282,12 @@ def load_config(explicit=None):
     if not path_exists(path):
         write_template(path)
         raise UsageError(template_message(path, written=True))
-    data = parse_config_text(path)
-    validate_config(data)
+    raw = read_config_bytes(path)
+    data = parse_json_bytes(raw, str(path))
+    valid = ValidConfigs(validation_rules())
+    if not valid.known(raw):
+        validate_config(data)
+        valid.remember(raw)
     if data["hosts"] == TEMPLATE["hosts"]:
         raise UsageError(template_message(path, written=False))
     return build_config(path, data)
@@ -405,8 +408,19 @@ def deepest_path(document, limit):
     return None
 
 
+def validation_rules():
+    """What decides whether a config is valid: the schema and this module (`cache.ValidConfigs`)."""
+    return SCHEMA_FILE.read_bytes() + Path(__file__).read_bytes()
+
+
 def validate_config(data):
-    """Check `data` against the schema, names, URLs and gateways; every problem on one line."""
+    """Check `data` against the schema, names, URLs and gateways; every problem on one line.
+
+    jsonschema is imported here, not at the top: a run whose config passed
+    before (`cache.ValidConfigs`) never needs it.
+    """
+    import jsonschema
+
     hosts = data.get("hosts") if isinstance(data, dict) else None
     if isinstance(hosts, list) and len(hosts) > MAX_HOSTS:
         raise UsageError(f"invalid config: hosts: {len(hosts)} hosts, at most {MAX_HOSTS} in one config")

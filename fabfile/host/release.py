@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urljoin
 
+from ..core.cache import cache_dir
 from ..core.status import Status
 from ..core.errors import UsageError
 
@@ -644,13 +645,6 @@ def binary_from_file(path):
 
 
 # ---- the local download cache --------------------------------------------------
-
-
-def cache_dir(environ=None):
-    """``$XDG_CACHE_HOME/picoclaw-fleet``, else ``~/.cache/picoclaw-fleet``."""
-    environ = os.environ if environ is None else environ
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "picoclaw-fleet"
 
 
 class DownloadCache:
