@@ -70,6 +70,23 @@ def test_a_gateway_given_as_user_at_host(testbed, sim_hosts, fleet_config, guard
     assert hosts["via-user-at-host"]["message"].startswith(f"via gateway {jump.user}@127.0.0.1:{closed_port}: ")
 
 
+def answered_and_sleeping(testbed, host):
+    """The task's PicoClaw has written its answer and sleeps (``::hang::``): from here on it writes nothing.
+
+    Killed any sooner, our client could leave PicoClaw a closed channel to
+    write its banner or answer to, and the broken pipe would end it, as it
+    would the real (Go) binary: that is not the host's timeout at work.
+    """
+    for line in agent_processes(testbed, host):
+        try:
+            with open(f"/proc/{line.split()[0]}/wchan") as handle:
+                if "nanosleep" in handle.read():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def test_the_host_stops_picoclaw_at_its_timeout_after_our_client_died(testbed, fleet_config, guarded_env):
     """``timeout -k`` runs on the host: a client killed mid-task (laptop lid, OOM) leaves no PicoClaw behind.
 
@@ -84,7 +101,7 @@ def test_the_host_stops_picoclaw_at_its_timeout_after_our_client_died(testbed, f
         env=guarded_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
     )
     try:
-        wait_until(lambda: agent_processes(testbed, host), "the task to start")
+        wait_until(lambda: answered_and_sleeping(testbed, host), "the task to answer and hang")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
