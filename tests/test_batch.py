@@ -230,7 +230,7 @@ def test_the_least_loaded_hosts_get_the_tasks_when_slots_outnumber_tasks(testbed
 
 
 #: The probe's ``head`` on a metered host (the one program the probe starts on a provisioned host,
-#: to copy PicoClaw's config files): it logs when the probe gets there and when it leaves, in
+#: to copy PicoClaw's config.json): it logs when the probe gets there and when it leaves, in
 #: one log every host shares, holding until GATE probes have started (20 s at most), then a little
 #: longer: time for one more probe to start, had the bound let one in.
 PROBE_METER = """#!/bin/sh

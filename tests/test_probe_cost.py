@@ -241,18 +241,17 @@ def test_sections_are_the_bounded_config_and_the_masked_security_under_every_she
 
 #: What the probe ran before the mask was the shell's own (sed -E, one process more), kept as
 #: the reference the shell must agree with on what PicoClaw and people write in .security.yml.
+_SED_KEY_LINE = (r"""^([[:space:]]*("[^"]*"|'[^']*'|([^:#"'[:space:]]|:[^[:space:]])([^:#]|:[^[:space:]])*)"""
+                 r"[[:space:]]*:)")
 SED_MASK = "\n".join([
     r"/^[[:space:]]*(#|$)/d",
     r"s/^([[:space:]]*-)[[:space:]]+[^[:space:]].*$/\1 x/",
     r"/^[[:space:]]*-( x)?[[:space:]]*$/b",
-    r"""s/^([[:space:]]*("[^"]*"|'[^']*'|([^:#"'[:space:]]|:[^[:space:]])([^:#]|:[^[:space:]])*)[[:space:]]*:)"""
-    r"""[[:space:]]+(\[\]|\{\}|""|'')[[:space:]]*(#.*)?$/\1 \5/""",
+    "s/" + _SED_KEY_LINE + r"""[[:space:]]+(\[\]|\{\}|""|'')[[:space:]]*(#.*)?$/\1 \5/""",
     "t",
-    r"""s/^([[:space:]]*("[^"]*"|'[^']*'|([^:#"'[:space:]]|:[^[:space:]])([^:#]|:[^[:space:]])*)[[:space:]]*:)"""
-    r"[[:space:]]+[^[:space:]#].*$/\1 x/",
+    "s/" + _SED_KEY_LINE + r"[[:space:]]+[^[:space:]#].*$/\1 x/",
     "t",
-    r"""s/^([[:space:]]*("[^"]*"|'[^']*'|([^:#"'[:space:]]|:[^[:space:]])([^:#]|:[^[:space:]])*)[[:space:]]*:)"""
-    r"[[:space:]]*(#.*)?$/\1/",
+    "s/" + _SED_KEY_LINE + r"[[:space:]]*(#.*)?$/\1/",
     "t",
     "d",
 ])

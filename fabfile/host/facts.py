@@ -62,9 +62,8 @@ SECURITY_MASK = (
     "-|-[[:space:]]*) case ${r#-} in *[![:space:]]*) printf '%s- x\\n' \"$i\";; *) printf '%s\\n' \"$l\";; esac; "
     "continue;; esac; "
     "case $r in "
-    '\\"*) t=${r#\\"}; case $t in *\\"*) t=${t#*\\"};; *) continue;; esac; '
-    't=${t#"${t%%[![:space:]]*}"}; case $t in :*) t=${t#:};; *) continue;; esac;; '
-    "\\'*) t=${r#\\'}; case $t in *\\'*) t=${t#*\\'};; *) continue;; esac; "
+    # a quoted key: from its quote ($q) to the same quote again, then blanks and the colon
+    "[\\\"\\']*) t=${r#?}; q=${r%\"$t\"}; case $t in *\"$q\"*) t=${t#*\"$q\"};; *) continue;; esac; "
     't=${t#"${t%%[![:space:]]*}"}; case $t in :*) t=${t#:};; *) continue;; esac;; '
     '*:[[:space:]]*|*:) k=${r%%:[[:space:]]*}; [ "$k" != "$r" ] || k=${r%:}; '
     "case $k in ''|*'#'*|*:) continue;; esac; t=${r#\"$k\"}; t=${t#:};; "
