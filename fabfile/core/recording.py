@@ -203,10 +203,7 @@ def write_run_files(directory, run, rows):
 
 def target_of(fleet, entry):
     """How ``--hosts`` names `entry` again: its config name, or ``user@host[:port]`` for an ad-hoc target."""
-    if fleet.host(entry.name) is entry:
-        return entry.name
-    host = f"[{entry.host}]" if ":" in entry.host else entry.host
-    return f"{entry.user}@{host}" + (f":{entry.port}" if entry.port else "")
+    return entry.name if fleet.host(entry.name) is entry else entry.address
 
 
 def targets_of(fleet, entries):

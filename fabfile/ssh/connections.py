@@ -130,7 +130,7 @@ class HostKeyStore:
 
     def apply(self, client, host, port):
         """Give `client` what we know of `host:port` and the missing-key policy."""
-        name = host if port in (None, 22) else f"[{host}]:{port}"
+        name = known_hosts_name(host, port)
         for keytype, key in (self.keys.lookup(name) or {}).items():
             client.get_host_keys().add(name, keytype, key)
         client.set_missing_host_key_policy(self.missing_key_policy())
@@ -142,6 +142,11 @@ class HostKeyStore:
         if self.policy == "off":
             return TrustAllPolicy()
         return AcceptNewPolicy(self.path)
+
+
+def known_hosts_name(host, port):
+    """How known_hosts names `host` at `port`: the bare host on port 22, else ``[host]:port``."""
+    return host if port in (None, 22) else f"[{host}]:{port}"
 
 
 def known_hosts_problem(path, must_write):

@@ -74,6 +74,11 @@ def send_frame(sock, kind, payload=b""):
     sock.sendall(_HEADER.pack(kind, len(payload)) + payload)
 
 
+def send_json(sock, kind, message):
+    """Write one frame whose payload is `message` as JSON."""
+    send_frame(sock, kind, json.dumps(message).encode())
+
+
 def read_frame(sock):
     """(kind, payload) of the next frame; (None, b"") when the other side closed."""
     header = _read_exact(sock, _HEADER.size)
@@ -159,7 +164,7 @@ class Daemon:
         own = sock is None
         sock = self.connect() if own else sock
         try:
-            send_frame(sock, REQUEST, json.dumps({**message, "persist": self.persist_s}).encode())
+            send_json(sock, REQUEST, {**message, "persist": self.persist_s})
             kind, payload = read_frame(sock)
         except OSError as exc:
             raise DaemonUnavailable(f"the warm-connection process went away ({exc.strerror or exc})") from None
@@ -427,8 +432,8 @@ class RemoteChannel:
         except DaemonUnavailable as exc:
             return self._go_direct(str(exc), direct_start)
         try:
-            send_frame(sock, REQUEST, json.dumps({"op": "exec", "conn": self.transport.conn_id, "env": self.env,
-                                                  "persist": cxn.daemon.persist_s, **message}).encode())
+            send_json(sock, REQUEST, {"op": "exec", "conn": self.transport.conn_id, "env": self.env,
+                                                  "persist": cxn.daemon.persist_s, **message})
             kind, payload = read_frame(sock)
         except socket.timeout:
             sock.close()  # it may yet start the command: never start it a second time, directly

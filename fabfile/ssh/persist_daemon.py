@@ -34,10 +34,11 @@ import paramiko
 from fabric import Config
 
 from ..core.config import HostEntry
-from .connections import HostKeyStore, build_connection, classify_failure, close_quietly, load_known_hosts
+from .connections import (HostKeyStore, build_connection, classify_failure, close_quietly, known_hosts_name,
+                          load_known_hosts)
 from .deadlines import deadline, step_seconds
 from .persist import (
-    ANSWER, EXIT, REQUEST, SOCKET_NAME, STDERR, STDIN, STDIN_EOF, STDOUT, STDOUT_EOF, read_frame, send_frame,
+    ANSWER, EXIT, REQUEST, SOCKET_NAME, STDERR, STDIN, STDIN_EOF, STDOUT, STDOUT_EOF, read_frame, send_frame, send_json,
 )
 
 LOCK_NAME = "warm.lock"
@@ -168,8 +169,7 @@ class Pool:
         if policy == "off":
             return True
         server_key = host.cxn.client.get_transport().get_remote_server_key()
-        port = host.cxn.port
-        name = host.cxn.host if port in (None, 22) else f"[{host.cxn.host}]:{port}"
+        name = known_hosts_name(host.cxn.host, host.cxn.port)
         known = (self.known_host_keys(host.spec["defaults"]["known_hosts"]).lookup(name) or {})
         found = known.get(server_key.get_name())
         return found is not None and found.asbytes() == server_key.asbytes()
@@ -211,7 +211,7 @@ class Pool:
         now = time.monotonic()
         with self.lock:
             hosts = list(self.hosts.values())
-        return [{"conn": h.conn_id, "name": h.spec["entry"]["name"], "address": address(h.spec["entry"]),
+        return [{"conn": h.conn_id, "name": h.spec["entry"]["name"], "address": HostEntry(**h.spec["entry"]).address,
                  "alive": h.alive(), "leased": h.leased, "uses": h.uses, "handshakes": h.handshakes,
                  "age_s": round(now - h.created, 3), "idle_s": round(now - h.last_used, 3)} for h in hosts]
 
@@ -221,11 +221,6 @@ class Pool:
             self.hosts.clear()
         for host in hosts:
             host.close()
-
-
-def address(entry):
-    port = f":{entry['port']}" if entry.get("port") else ""
-    return f"{entry['user']}@{entry['host']}{port}"
 
 
 def failure(exc, spec):
@@ -298,7 +293,7 @@ class Server:
             elif op == "exec":
                 self.execute(sock, request)
             else:
-                send_frame(sock, ANSWER, json.dumps(self.answer(op, request)).encode())
+                send_json(sock, ANSWER, self.answer(op, request))
         except (OSError, ValueError):
             pass  # the run went away mid-request: nothing is waiting for an answer
         finally:
@@ -326,22 +321,22 @@ class Server:
         """Hold one connection for the run until its socket closes; answer keepalives on the way."""
         spec = request["spec"]
         if spec.get("auth_sock") != os.environ.get("SSH_AUTH_SOCK"):
-            send_frame(sock, ANSWER, json.dumps({"ok": False, "direct": True,
-                                                 "message": "another ssh-agent than the process's"}).encode())
+            send_json(sock, ANSWER, {"ok": False, "direct": True,
+                                                 "message": "another ssh-agent than the process's"})
             return
         try:
             host = self.pool.lease(spec)
         except Exception as exc:  # the host's failure, named as a fresh connection's would be
-            send_frame(sock, ANSWER, json.dumps(failure(exc, spec)).encode())
+            send_json(sock, ANSWER, failure(exc, spec))
             return
         try:
-            send_frame(sock, ANSWER, json.dumps({"ok": True, "conn": host.conn_id}).encode())
+            send_json(sock, ANSWER, {"ok": True, "conn": host.conn_id})
             while True:
                 kind, payload = read_frame(sock)
                 if kind != REQUEST:
                     return
                 request = json.loads(payload)
-                send_frame(sock, ANSWER, json.dumps(self.on_lease(host, request)).encode())
+                send_json(sock, ANSWER, self.on_lease(host, request))
         finally:
             self.pool.release(host)
 
@@ -360,8 +355,8 @@ class Server:
         """Start the command on the leased connection (a fresh one if it died unused), then stream it."""
         host = self.pool.hosts.get(request.get("conn"))
         if host is None or not host.leased:
-            send_frame(sock, ANSWER, json.dumps({"ok": False, "status": "unreachable",
-                                                 "message": "the warm connection was given back"}).encode())
+            send_json(sock, ANSWER, {"ok": False, "status": "unreachable",
+                                                 "message": "the warm connection was given back"})
             return
         channel, answer = None, None
         for fresh in (False, True):
@@ -375,10 +370,10 @@ class Server:
                     answer = failure(exc, host.spec)
                     break
         if channel is None:
-            send_frame(sock, ANSWER, json.dumps(answer).encode())
+            send_json(sock, ANSWER, answer)
             return
         host.last_used = time.monotonic()
-        send_frame(sock, ANSWER, json.dumps({"ok": True}).encode())
+        send_json(sock, ANSWER, {"ok": True})
         stream(sock, channel, host.cxn)
 
 
@@ -408,10 +403,10 @@ def stream(sock, channel, cxn):
                 send_frame(sock, STDOUT_EOF)
                 eof_sent = True
             if channel.exit_status_ready():
-                send_frame(sock, EXIT, json.dumps({"code": channel.recv_exit_status()}).encode())
+                send_json(sock, EXIT, {"code": channel.recv_exit_status()})
                 return
             if channel.closed or not transport.is_active():
-                send_frame(sock, EXIT, json.dumps({"code": None, "lost": not transport.is_active()}).encode())
+                send_json(sock, EXIT, {"code": None, "lost": not transport.is_active()})
                 return
             if sock in readable:
                 kind, payload = read_frame(sock)

@@ -18,14 +18,15 @@ def warm_status(action, environ=None):
         raise UsageError(f"fab persist {action!r}: expected one of {', '.join(ACTIONS)}")
     daemon = existing_daemon(environ)
     where = str(runtime_dir(environ))
+    none = {"running": False, "directory": where, "connections": []}
     if daemon is None:
-        return {"running": False, "directory": where, "connections": []}
+        return none
     try:
         state = daemon.request({"op": "status"})
         if action == "stop":
             daemon.request({"op": "stop"})
     except DaemonUnavailable:
-        return {"running": False, "directory": where, "connections": []}
+        return none
     return {"running": action == "status", "stopped": action == "stop", "pid": state["pid"],
             "directory": where, "persist_s": state["persist_s"], "uptime_s": round(time.time() - state["started"], 1),
             "connections": state["connections"]}
