@@ -27,6 +27,12 @@ def fab(args, env, timeout=300):
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def start_fab(args, env):
+    """Start the real `fab` CLI without waiting: a Popen with text stdout and stderr pipes, no stdin."""
+    return subprocess.Popen([FAB, *map(str, args)], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def fab_json(args, env, timeout=300):
     """(CompletedProcess, parsed JSON, {host name: host object}) of `fab <args> --json`."""
     result = fab([*args, "--json"], env, timeout)

@@ -21,7 +21,7 @@ import pytest
 
 from fabfile.ssh.persist import SOCKET_NAME
 from harness import faults
-from harness.cli import FAB, REPO
+from harness.cli import FAB, REPO, start_fab
 from harness.sshd import public_key
 from tests.batch_support import RUN_LIMIT_S, no_task_left_running, running_tasks, wait_until
 
@@ -323,10 +323,10 @@ def test_a_stopped_run_stops_its_tasks_on_warm_connections_and_no_other_runs(tes
     """Ctrl-C TERMs the sessions of the run's own SSH connection: a lease is the run's alone."""
     hosts = testbed.add_workers(2, prefix="ws")
     config = fleet_config(hosts=hosts, timeout=600)
-    other = start(["dispatch", "--config", config, "--host", hosts[0].name, "--json", "--no-record",
+    other = start_fab(["dispatch", "--config", config, "--host", hosts[0].name, "--json", "--no-record",
                    "-t", "::pid::other run", "--persist", "60"], warm_env)
     wait_until(lambda: running_tasks(testbed, hosts[0]), "the other run's task")
-    proc = start(["dispatch", "--config", config, "--all", "--json", "--no-record", "-t", "::pid::working",
+    proc = start_fab(["dispatch", "--config", config, "--all", "--json", "--no-record", "-t", "::pid::working",
                   "--persist", "60"], warm_env)
     wait_until(lambda: all(len(running_tasks(testbed, h)) == (2 if h is hosts[0] else 1) for h in hosts),
                "the task to run on each host")
@@ -340,11 +340,6 @@ def test_a_stopped_run_stops_its_tasks_on_warm_connections_and_no_other_runs(tes
     other.send_signal(signal.SIGINT)
     other.communicate(timeout=RUN_LIMIT_S)
     no_task_left_running(testbed, hosts)
-
-
-def start(args, env):
-    return subprocess.Popen([FAB, *map(str, args)], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_teardown_never_starts_or_uses_the_process(testbed, fleet_config, warm_env):

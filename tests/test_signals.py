@@ -8,19 +8,13 @@ the signal the verb must print one valid report (``--json``: one object;
 
 import json
 import signal
-import subprocess
 
 import pytest
 
-from harness.cli import API_KEY, FAB, REPO
+from harness.cli import API_KEY, start_fab
 from tests.batch_support import RUN_LIMIT_S, jsonl_file, no_task_left_running, running_tasks, wait_until
 
 STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
-
-
-def start(args, env):
-    return subprocess.Popen([FAB, *map(str, args)], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def stop(proc, sig):
@@ -39,7 +33,7 @@ def hosts(testbed):
 @pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: s.name)
 def test_batch_stops_its_tasks_and_reports(testbed, hosts, fleet_config, guarded_env, tmp_path, sig):
     items = [{"id": f"hang{n}", "task": f"::pid::hanging {n}"} for n in range(4)]
-    proc = start(["batch", "--config", fleet_config(hosts=hosts, timeout=600), "--json",
+    proc = start_fab(["batch", "--config", fleet_config(hosts=hosts, timeout=600), "--json",
                   "--tasks-file", jsonl_file(tmp_path / "t.jsonl", items)], guarded_env)
     wait_until(lambda: all(running_tasks(testbed, h) for h in hosts), "a task to run on each host")
     out, err = stop(proc, sig)
@@ -53,7 +47,7 @@ def test_batch_stops_its_tasks_and_reports(testbed, hosts, fleet_config, guarded
 
 @pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: s.name)
 def test_broadcast_stops_every_host_and_reports(testbed, hosts, fleet_config, guarded_env, sig):
-    proc = start(["dispatch", "--config", fleet_config(hosts=hosts, timeout=600), "--all", "--json",
+    proc = start_fab(["dispatch", "--config", fleet_config(hosts=hosts, timeout=600), "--all", "--json",
                   "-t", "::pid::working"], guarded_env)
     wait_until(lambda: all(running_tasks(testbed, h) for h in hosts), "the task to run on each host")
     out, err = stop(proc, sig)
@@ -72,7 +66,7 @@ def test_broadcast_stops_every_host_and_reports(testbed, hosts, fleet_config, gu
 
 
 def test_one_host_dispatch_stops_on_sigterm(testbed, hosts, fleet_config, guarded_env):
-    proc = start(["dispatch", "--config", fleet_config(hosts=hosts, timeout=600), "--host", hosts[0].name,
+    proc = start_fab(["dispatch", "--config", fleet_config(hosts=hosts, timeout=600), "--host", hosts[0].name,
                   "-t", "::pid::working"], guarded_env)
     wait_until(lambda: running_tasks(testbed, hosts[0]), "the task to run")
     out, err = stop(proc, signal.SIGTERM)
@@ -84,7 +78,7 @@ def test_one_host_dispatch_stops_on_sigterm(testbed, hosts, fleet_config, guarde
 def test_status_on_a_hanging_host_stops_at_once_and_reports(testbed, fleet_config, guarded_env):
     good, stuck = testbed.add_workers(2, prefix="sg")
     testbed.hang_probe(stuck)  # its probe never ends
-    proc = start(["status", "--config", fleet_config(hosts=[good, stuck]), "--json"], guarded_env)
+    proc = start_fab(["status", "--config", fleet_config(hosts=[good, stuck]), "--json"], guarded_env)
     wait_until(lambda: testbed.processes(stuck, "kernel/arch"), "the stuck probe to run")
     # The good host is done once its connection is closed: no process of its user is left.
     wait_until(lambda: not testbed.processes(good, "."), "the good host's probe to end")
@@ -106,7 +100,7 @@ def test_a_second_signal_exits_at_once(testbed, hosts, fleet_config, guarded_env
     for host in hosts:
         path = host.home / ".local" / "bin" / "picoclaw"
         path.write_text(install)  # ignores TERM: the first stop waits for the host's KILL
-    proc = start(["batch", "--config", fleet_config(hosts=hosts, timeout=600), "--json", "-t", "a", "-t", "b"],
+    proc = start_fab(["batch", "--config", fleet_config(hosts=hosts, timeout=600), "--json", "-t", "a", "-t", "b"],
                  guarded_env)
     wait_until(lambda: all(testbed.processes(h, "sleep 3600") for h in hosts), "the tasks to run")
     proc.send_signal(signal.SIGINT)
@@ -129,7 +123,7 @@ def test_deploy_stops_on_sigterm_and_reports(testbed, fleet_config, guarded_env,
     testbed.hang_probe(stuck)
     binary = build_standin(tmp_path / "picoclaw")
     env = {**guarded_env, "ANTHROPIC_API_KEY": API_KEY, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    proc = start(["deploy", "--config", fleet_config(hosts=[stuck]), "--from-file", binary, "--json"], env)
+    proc = start_fab(["deploy", "--config", fleet_config(hosts=[stuck]), "--from-file", binary, "--json"], env)
     wait_until(lambda: testbed.processes(stuck, "kernel/arch"), "the stuck deploy to run")
     out, err = stop(proc, signal.SIGTERM)
     try:
