@@ -58,12 +58,15 @@ class BenchFleet:
         return self.testbed.client_key
 
     def config(self, name, hosts, parallel):
-        """Write a fleet config over `hosts` (known host key, our release server); its path."""
+        """Write a fleet config over `hosts` (known host key, our release server); its path.
+        `parallel` None leaves ``defaults.parallel`` out: the product's own default applies."""
         path = self.workdir / f"{name}.json"
         data = self.testbed.fleet_config(
             hosts, known_hosts=str(self.known_hosts), parallel=parallel, connect_timeout=30, timeout=TIMEOUT_S,
             release_repo=RELEASE_REPO, github_api=self.release_server.url,
         )
+        if parallel is None:
+            del data["defaults"]["parallel"]
         path.write_text(json.dumps(data, indent=2) + "\n")
         return path
 

@@ -14,7 +14,8 @@ host (``n0000`` ...) with its user and port, batch mode, the curve25519-sha256
 key exchange (paramiko's choice too; OpenSSH 9's default, the post-quantum
 sntrup761 hybrid, costs several times the CPU), and no connection sharing, so
 that every run connects cold like every other tool. Every tool gets a fanout of
-one per host, what ThreadingGroup does.
+one per host, what ThreadingGroup does; `DEFAULT_FANOUT_PEERS` also run
+at the fanout they choose themselves, as a user who gives none gets.
 """
 
 import ipaddress
@@ -176,12 +177,13 @@ class Peer:
     label: str  # the table's and the plot's name for it
     ran: str  # what it did, for the notes
     needs: tuple  # files that must exist (the tool's entry points)
+    home: str = ""  # its directory in PEERS_DIR, where ``make bench`` installs it (default: its key)
 
     def missing(self):
         """None when the tool is installed, else why it is not (the column says so)."""
         for path in self.needs:
             if not Path(path).exists():
-                failed = PEERS_DIR / self.key / ".failed"
+                failed = PEERS_DIR / (self.home or self.key) / ".failed"
                 why = f" ({failed.read_text().strip()})" if failed.exists() else ""
                 return f"{self.key} is not installed: no {path}{why}; make bench installs it"
         return None
@@ -222,9 +224,23 @@ PEERS = [
 ]
 
 
+#: Peers that figure 7 also runs at their own default fanout (its rows after ours at our default).
+DEFAULT_FANOUT_PEERS = [
+    Peer("pyinfra-default", "pyinfra exec, its default --parallel",
+         f"pyinfra INVENTORY exec -- {COMMAND} (paramiko), 20 hosts per CPU at once",
+         (venv_bin("pyinfra", "pyinfra"),), home="pyinfra"),
+]
+
+
 def pyinfra_invocation(files, python):
     argv = [venv_bin("pyinfra", "pyinfra"), "-y", "--parallel", files.fanout, files.path("inventory.py"),
             "exec", "--", COMMAND]
+    return Invocation(argv, cwd=files.directory)
+
+
+def pyinfra_default_invocation(files, python):
+    """pyinfra without ``--parallel``: it then works on 20 hosts per CPU at once (its own default)."""
+    argv = [venv_bin("pyinfra", "pyinfra"), "-y", files.path("inventory.py"), "exec", "--", COMMAND]
     return Invocation(argv, cwd=files.directory)
 
 
@@ -280,6 +296,7 @@ def program_version(argv):
 
 VERSIONS = {
     "pyinfra": lambda: dist_version(PEERS_DIR / "pyinfra", "pyinfra"),
+    "pyinfra-default": lambda: dist_version(PEERS_DIR / "pyinfra", "pyinfra"),
     "parallel-ssh": lambda: dist_version(PEERS_DIR / "parallel-ssh", "parallel_ssh"),
     "openssh": lambda: program_version([which("ssh"), "-V"]),
     "ansible": lambda: dist_version(PEERS_DIR / "ansible", "ansible_core"),
@@ -290,6 +307,7 @@ VERSIONS = {
 
 INVOCATIONS = {
     "pyinfra": pyinfra_invocation,
+    "pyinfra-default": pyinfra_default_invocation,
     "parallel-ssh": pssh_invocation,
     "openssh": openssh_invocation,
     "ansible": ansible_invocation,
@@ -331,6 +349,7 @@ CHECKS = {
     "pdsh": expect_quiet_stderr,
     "clush": expect_quiet_stderr,
     "pyinfra": expect_pyinfra_hosts,
+    "pyinfra-default": expect_pyinfra_hosts,
 }
 
 

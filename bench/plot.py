@@ -15,14 +15,16 @@ from pathlib import Path
 
 #: The name of the baseline everywhere in figure 7.
 BASELINE = "ThreadingGroup script"
-#: Our two verbs (thick lines in the plot).
-OURS = ("dispatch", "status")
+#: Our verbs (thick lines in the plot); ``status-default`` is status at the fleet's default ``parallel``.
+OURS = ("dispatch", "status", "status-default")
 #: One fixed colour and marker per tool, so that plots of two runs compare at a glance.
 STYLES = {
     "threading-group": {"color": "black", "marker": "o", "linestyle": "--"},
     "dispatch": {"color": "#d62728", "marker": "s"},
     "status": {"color": "#ff7f0e", "marker": "D"},
+    "status-default": {"color": "#ff7f0e", "marker": "d", "linestyle": ":"},
     "pyinfra": {"color": "#1f77b4", "marker": "^"},
+    "pyinfra-default": {"color": "#1f77b4", "marker": "^", "linestyle": ":"},
     "parallel-ssh": {"color": "#9467bd", "marker": "v"},
     "openssh": {"color": "#2ca02c", "marker": "<"},
     "ansible": {"color": "#8c564b", "marker": ">"},

@@ -31,7 +31,7 @@ if __name__ == "__main__" and sys.path[0] == str(ROOT / "bench"):
 from bench import plot  # noqa: E402
 from bench.figures import FIGURES, Bench  # noqa: E402
 from bench.fleet import API_KEY_ENV, DUMMY_KEY, BenchFleet  # noqa: E402
-from bench.peers import PEERS, PEERS_DIR  # noqa: E402
+from bench.peers import DEFAULT_FANOUT_PEERS, PEERS, PEERS_DIR  # noqa: E402
 from bench.results import Row, render, write_json  # noqa: E402
 from harness.loopback import guarded_env, install_loopback_guard  # noqa: E402
 
@@ -214,8 +214,8 @@ def run_info(options, argv, started, have_pssh):
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load1_at_end": os.getloadavg()[0]},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
         "parallel_ssh": have_pssh,
-        "peers": {peer.key: peer.missing() for peer in PEERS},
-        "peer_versions": {peer.key: peer.version() for peer in PEERS},
+        "peers": {peer.key: peer.missing() for peer in PEERS + DEFAULT_FANOUT_PEERS},
+        "peer_versions": {peer.key: peer.version() for peer in PEERS + DEFAULT_FANOUT_PEERS},
         "persist_built": persist_built(),
     }
 

@@ -13,6 +13,8 @@ are still measured. Figure 8 is the warm-connection figure: a second
 import json
 import sys
 
+from fabfile.core.config import DEFAULTS
+
 from . import peers
 from .measure import interleaved, run_child
 from .results import Goal, Row
@@ -21,6 +23,9 @@ from .results import Goal, Row
 LARGE_FROM = 256
 LARGE_REPS = 3
 BASELINE_WHAT = "ThreadingGroup script ('true')"
+#: Figure 7's row for ``fab status`` at the fleet's default ``parallel``, what a user who gives none gets.
+DEFAULT_LABEL = "fab status (CLI), default --parallel"
+DEFAULT_PARALLEL = DEFAULTS["parallel"]
 TASK_TEXT = "bench: hello"
 
 
@@ -92,6 +97,7 @@ def size_rows(bench, count, first):
     files = peers.SizeFiles(hosts, bench.fleet.client_key, bench.fleet.known_hosts,
                             bench.workdir / f"peers-{count}").write()
     config = bench.fleet.config(f"sizes-{count}", hosts, count)
+    default_config = bench.fleet.config(f"sizes-{count}-default", hosts, None)  # defaults.parallel: ours
     python, fab = sys.executable, str(bench.bindir / "fab")
     bare_ok = bare_check(files)
 
@@ -102,10 +108,12 @@ def size_rows(bench, count, first):
                          bench.env, ROOT, cli_check("dispatch", count)),
         "status": Side([fab, "status", "--config", config, "--json"], bench.env, ROOT,
                        cli_check("status", count)),
+        "status-default": Side([fab, "status", "--config", default_config, "--json"], bench.env, ROOT,
+                               cli_check("status", count)),
     }
     commands = {key: peers.Invocation(side.argv).text() for key, side in sides.items()}
     absent = {}
-    for peer in peers.PEERS:
+    for peer in peers.PEERS + peers.DEFAULT_FANOUT_PEERS:
         absent[peer.key] = peer.missing()
         if absent[peer.key]:
             continue
@@ -119,6 +127,11 @@ def size_rows(bench, count, first):
     tools = [("a", "dispatch", "fab dispatch --all (CLI)", "a task through the stand-in PicoClaw")]
     tools += [("b", "status", "fab status (CLI)", "the status probe")]
     tools += [(chr(ord("c") + i), p.key, p.label, f"{p.ran}, {p.version()}") for i, p in enumerate(peers.PEERS)]
+    # then each at the fanout a user who gives none gets (every row above: one connection per host at once)
+    tools += [(chr(ord("c") + len(peers.PEERS)), "status-default", DEFAULT_LABEL,
+               f"the status probe at defaults.parallel {DEFAULT_PARALLEL}")]
+    tools += [(chr(ord("d") + len(peers.PEERS) + i), p.key, p.label, f"{p.ran}, {p.version()}")
+              for i, p in enumerate(peers.DEFAULT_FANOUT_PEERS)]
     baseline_error = sides["threading-group"].error
     rows = []
     for letter, key, label, ran in tools:
@@ -135,8 +148,10 @@ def size_rows(bench, count, first):
     rows[0].notes.insert(0, f"{reps} interleaved repetitions at {count} hosts"
                          + (f" (at most {LARGE_REPS} from {LARGE_FROM} hosts on, to keep the run short)"
                             if reps < bench.options.reps else "")
-                         + f"; fanout {files.fanout} (one per host) for every tool; whole processes; every "
-                         "OpenSSH-based peer uses the same ssh_config (curve25519-sha256, no ControlMaster)")
+                         + f"; fanout {files.fanout} (one per host) for every tool but the last two rows, which "
+                         f"run at their own default (ours: {DEFAULT_PARALLEL}; pyinfra: 20 per CPU); whole "
+                         "processes; every OpenSSH-based peer uses the same ssh_config (curve25519-sha256, "
+                         "no ControlMaster)")
     if first:
         rows[0].notes.insert(1, f"baseline: {commands['threading-group']}")
     return rows
