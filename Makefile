@@ -50,12 +50,12 @@ demo: venv sshd
 	$(PY) demo/run_demo.py
 
 # The benchmarks (see README, Performance). What they compare with -- parallel-ssh, pyinfra,
-# Ansible, ClusterShell (and matplotlib for bench/fleet-sizes.png) -- goes into a directory of its
+# Ansible, ClusterShell, asyncssh (and matplotlib for bench/fleet-sizes.png) -- goes into a directory of its
 # own each under .venv/bench-peers, pdsh from Debian: never a dependency of ours, and only bench/
 # starts them. A peer that cannot be installed is reported, and its column says so.
 BENCH_PEERS  := $(VENV)/bench-peers
 BENCH_EXTRAS := $(BENCH_PEERS)/parallel-ssh
-PEER_VENVS   := pyinfra ansible clustershell matplotlib
+PEER_VENVS   := pyinfra ansible clustershell asyncssh matplotlib
 .PHONY: bench-peers bench-pdsh
 bench: venv sshd bench-peers
 	$(PY) bench/run.py $(BENCH_ARGS)

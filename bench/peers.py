@@ -221,6 +221,8 @@ PEERS = [
          (venv_bin("ansible", "ansible"),)),
     Peer("pdsh", "pdsh", f"pdsh -R ssh {COMMAND} (OpenSSH, {KEX})", (which("pdsh"),)),
     Peer("clush", "clush (ClusterShell)", f"clush {COMMAND} (OpenSSH, {KEX})", (venv_bin("clustershell", "clush"),)),
+    Peer("asyncssh", "asyncssh", f"an asyncssh script, conn.run('{COMMAND}') (asyncio, pure Python)",
+         (venv_bin("asyncssh", "python"),)),
 ]
 
 
@@ -247,6 +249,12 @@ def pyinfra_default_invocation(files, python):
 def pssh_invocation(files, python):
     argv = [python, SCRIPTS / "pssh_true.py", files.path("hosts.json"), files.fanout]
     return Invocation(argv, {"PYTHONPATH": PEERS_DIR / "parallel-ssh"}, files.directory)
+
+
+def asyncssh_invocation(files, python):
+    argv = [venv_bin("asyncssh", "python"), SCRIPTS / "asyncssh_true.py", files.path("hosts.json"), files.known_hosts,
+            files.fanout]
+    return Invocation(argv, cwd=files.directory)
 
 
 def openssh_invocation(files, python):
@@ -302,6 +310,7 @@ VERSIONS = {
     "ansible": lambda: dist_version(PEERS_DIR / "ansible", "ansible_core"),
     "pdsh": lambda: program_version([which("pdsh"), "-V"]),
     "clush": lambda: dist_version(PEERS_DIR / "clustershell", "clustershell"),
+    "asyncssh": lambda: dist_version(PEERS_DIR / "asyncssh", "asyncssh"),
 }
 
 
@@ -313,6 +322,7 @@ INVOCATIONS = {
     "ansible": ansible_invocation,
     "pdsh": pdsh_invocation,
     "clush": clush_invocation,
+    "asyncssh": asyncssh_invocation,
 }
 
 
@@ -345,6 +355,7 @@ def expect_pyinfra_hosts(run, files):
 
 CHECKS = {
     "parallel-ssh": expect_ok_count,
+    "asyncssh": expect_ok_count,
     "ansible": expect_ansible_hosts,
     "pdsh": expect_quiet_stderr,
     "clush": expect_quiet_stderr,

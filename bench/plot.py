@@ -30,6 +30,7 @@ STYLES = {
     "ansible": {"color": "#8c564b", "marker": ">"},
     "pdsh": {"color": "#17becf", "marker": "P"},
     "clush": {"color": "#7f7f7f", "marker": "X"},
+    "asyncssh": {"color": "#e377c2", "marker": "*"},
 }
 
 

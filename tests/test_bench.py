@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZE_FIGURES = [f"7{letter}/4" for letter in "abcdefghij"]  # --quick: figure 7 at 4 hosts only
+SIZE_FIGURES = [f"7{letter}/4" for letter in "abcdefghijk"]  # --quick: figure 7 at 4 hosts only
 FIGURES = ["1a", "1b", "1c", "1d", "1e", "2", "2b", "3a", "3b", "3c", "4a", "4b", "4c", "4d", "5a", "5b", "5c", "6",
            *SIZE_FIGURES, "8a", "8b", "8c"]
 PSSH_FIGURES = {"1b", "3c", "4d"}
 #: Figure 7's row for each peer tool (7a and 7b are ours).
 PEER_FIGURES = {"pyinfra": "7c/4", "parallel-ssh": "7d/4", "openssh": "7e/4", "ansible": "7f/4", "pdsh": "7g/4",
-                "clush": "7h/4", "pyinfra-default": "7j/4"}
+                "clush": "7h/4", "asyncssh": "7i/4", "pyinfra-default": "7k/4"}
 VERDICTS = {"pass", "MISS", "-", "error"}
 
 
