@@ -244,8 +244,12 @@ def test_every_peer_has_an_invocation_with_fanout_one_per_host(tmp_path):
         invocation = peer.invocation(files, "/usr/bin/python3")
         argv = [str(a) for a in invocation.argv]
         assert "5" in argv, (peer.key, argv)
-        assert "true" in argv[-2:] or argv[-1].endswith("true") or peer.key == "parallel-ssh", argv
+        # the command itself, or a script of bench/scripts/ that runs it (parallel-ssh, asyncssh)
+        assert "true" in argv[-2:] or argv[-1].endswith("true") or any(Path(a).parent == peers.SCRIPTS and a.endswith("_true.py") for a in argv), argv
         assert peer.key in peers.INVOCATIONS and peer.label and peer.ran
+    for peer in peers.DEFAULT_FANOUT_PEERS:  # the same tools at the fanout they choose themselves
+        argv = [str(a) for a in peer.invocation(files, "/usr/bin/python3").argv]
+        assert "5" not in argv and "--parallel" not in argv and argv[-1] == "true", argv
     pdsh = next(p for p in peers.PEERS if p.key == "pdsh").invocation(files, "python3")
     assert pdsh.env["PDSH_SSH_ARGS"] == f"-F {files.path('ssh_config')} %h"
     assert pdsh.text().startswith("PDSH_SSH_ARGS='-F ")
