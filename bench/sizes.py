@@ -4,7 +4,9 @@ Figure 7 times whole processes -- each tool started as a user starts it, so
 interpreter start, imports and config parsing count for everyone -- against
 a bare Fabric ``ThreadingGroup`` script running ``true`` (bench/scripts/),
 started the same way, on the same hosts, in the same interleaved rounds: our
-``fab dispatch --all`` and ``fab status``, then every peer of bench/peers.py.
+``fab dispatch --all`` and ``fab status``, then every peer of bench/peers.py,
+all at one connection per host; then ``fab status`` and pyinfra again at the
+fanout each picks when given none (what most users run).
 A peer that is not installed, or that fails, gets an error row; the others
 are still measured. Figure 8 is the warm-connection figure: a second
 ``dispatch --all`` over connections kept open, once fabfile has them.
