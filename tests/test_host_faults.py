@@ -71,6 +71,21 @@ def test_sftp_on_an_open_session_stalls_when_the_host_freezes(testbed, size, exp
         cxn.close()
 
 
+def test_a_read_timeout_that_beats_the_watchdog_names_the_stall_the_same_way():
+    """paramiko's channel read timeout (a bare ``socket.timeout()``, no text) and the watchdog wait the
+    same silence; whichever ends first, the user reads the same complete line."""
+    import socket
+    from types import SimpleNamespace
+
+    from fabfile.ssh.deadlines import deadline
+
+    cxn = SimpleNamespace(connect_timeout=1, client=None)
+    with pytest.raises(HostStalled) as stalled:
+        with deadline(cxn, "read ~/.picoclaw/x"):
+            raise socket.timeout()
+    assert str(stalled.value) == "the host stopped answering: read ~/.picoclaw/x got no answer within 3s"
+
+
 def test_status_names_the_stalled_step_and_the_other_hosts_answer(testbed, fleet_config, guarded_env):
     """Through the CLI: one host wedges mid-session (its probe hangs), the others report as usual."""
     good, stuck = testbed.add_workers(2, prefix="fz")

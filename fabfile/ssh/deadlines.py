@@ -133,7 +133,11 @@ def deadline(cxn, step, seconds=None):
             limit = session_open_seconds(getattr(cxn, "connect_timeout", None))
             raise HostStalled(f"the host stopped answering: {step}: session not opened within {limit:g}s") from None
         if isinstance(exc, TimeoutError) and not isinstance(exc, HostStalled):
-            raise HostStalled(f"the host stopped answering: {step}: {exc or 'no answer'}") from None
+            if not str(exc):  # paramiko's bare socket.timeout(): a channel's read timeout, the same
+                # silence as this step's (open_sftp sets it), which can beat the watchdog on a busy
+                # machine: the same stall, named the same way
+                raise watch.error() from None
+            raise HostStalled(f"the host stopped answering: {step}: {exc}") from None
         raise
     finally:
         watch.done = True
