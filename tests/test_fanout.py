@@ -81,3 +81,76 @@ def test_connections_are_built_in_the_calling_thread_only(sim_hosts, fleet_confi
     done = fan_out(RunContext(fleet, fleet.hosts), lambda cxn, entry: HostReport(entry.name, entry.address, "ok", 0.0))
     assert [r.status for r in done.reports] == ["ok"] * len(sim_hosts)
     assert builders == [threading.current_thread()] * len(sim_hosts)
+
+
+# ---- how a command's end is awaited (ssh/runner.py) -------------------------------------------
+
+
+class _Command:
+    """A stand-in for Fabric's runner state: a command that ends after `polls_to_end` checks of
+    `process_is_finished`, or when `end()` sets the channel's event; the checks are counted."""
+
+    def __init__(self, channel, polls_to_end=None):
+        self.channel, self.polls_to_end, self.checks, self.dead = channel, polls_to_end, 0, False
+
+    @property
+    def process_is_finished(self):
+        self.checks += 1
+        event = getattr(self.channel, "status_event", None)
+        return (event is not None and event.is_set()) or (self.polls_to_end is not None
+                                                          and self.checks >= self.polls_to_end)
+
+    @property
+    def has_dead_threads(self):
+        return self.dead
+
+
+def test_every_run_s_commands_wait_on_the_channel_not_a_poll():
+    """fabric_config gives each run's connections `FleetRemote`: a command running 0.5 s is looked at
+    a handful of times (invoke's own wait looks every 10 ms: ~50), and ends when its event is set."""
+    from types import SimpleNamespace
+
+    from fabfile.ssh.connections import fabric_config
+    from fabfile.ssh.runner import THREAD_CHECK_S, FleetRemote
+
+    assert fabric_config().runners.remote is FleetRemote
+    command = _Command(SimpleNamespace(status_event=threading.Event()))
+    threading.Timer(0.5, command.channel.status_event.set).start()
+    FleetRemote.wait(command)
+    assert command.channel.status_event.is_set()
+    assert command.checks <= 0.5 / THREAD_CHECK_S + 3, command.checks
+
+
+def test_the_wait_ends_on_a_dead_reader_and_falls_back_without_an_event():
+    """A reader thread that died ends the wait although the event never comes (as invoke's does);
+    a channel with no event (none of ours) is waited for by invoke's own polling."""
+    from types import SimpleNamespace
+
+    from fabfile.ssh.runner import FleetRemote
+
+    command = _Command(SimpleNamespace(status_event=threading.Event()))
+    threading.Timer(0.3, lambda: setattr(command, "dead", True)).start()
+    FleetRemote.wait(command)
+    assert command.dead and not command.channel.status_event.is_set()
+
+    polled = _Command(SimpleNamespace(), polls_to_end=5)
+    polled.input_sleep = 0.001
+    FleetRemote.wait(polled)  # invoke's own loop, which sleeps input_sleep between checks
+    assert polled.checks == 5
+
+
+def test_every_direct_connection_sends_each_packet_at_once(sim_hosts, fleet_config):
+    """TCP_NODELAY on each connection a run opens (paramiko leaves Nagle on, and a command after the
+    first on a connection then waits for the host's delayed ACK); two commands on it both answer."""
+    import socket
+
+    from fabfile.ssh.connections import open_fleet
+
+    fleet = load_config(str(fleet_config(hosts=sim_hosts[:1])))
+    [cxn] = open_fleet(RunContext(fleet, fleet.hosts))
+    try:
+        cxn.open()
+        assert [cxn.run(f"echo {n}", hide=True, in_stream=False).stdout for n in (1, 2)] == ["1\n", "2\n"]
+        assert cxn.client.get_transport().sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        cxn.close()

@@ -553,6 +553,11 @@ class RemoteChannel:
     def exit_status_ready(self):
         return self.direct.exit_status_ready() if self.direct is not None else self.exited.is_set()
 
+    @property
+    def status_event(self):
+        """Set when the command has ended, as paramiko's ``Channel.status_event`` (`runner.FleetRemote` waits on it)."""
+        return self.direct.status_event if self.direct is not None else self.exited
+
     def recv_exit_status(self):
         if self.direct is not None:
             return self.direct.recv_exit_status()
