@@ -86,6 +86,28 @@ def test_a_read_timeout_that_beats_the_watchdog_names_the_stall_the_same_way():
     assert str(stalled.value) == "the host stopped answering: read ~/.picoclaw/x got no answer within 3s"
 
 
+def test_the_latency_is_the_second_keepalive_not_the_wait_after_login(monkeypatch):
+    """The first request after authentication waits on the host (~40 ms on loopback): status's
+    latency is timed on a second keepalive, so it shows the round trip alone."""
+    from types import SimpleNamespace
+
+    from fabfile.host import facts
+
+    clock = [100.0]
+    waits = iter([0.040, 0.0003])  # seconds each keepalive takes: the first after login, then a plain one
+    asked = []
+
+    def global_request(kind, wait):
+        asked.append((kind, wait))
+        clock[0] += next(waits)
+
+    transport = SimpleNamespace(global_request=global_request)
+    cxn = SimpleNamespace(connect_timeout=1, client=SimpleNamespace(get_transport=lambda: transport))
+    monkeypatch.setattr(facts, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # facts' clock only
+    assert facts.measure_latency(cxn) == pytest.approx(0.3)
+    assert asked == [("keepalive@openssh.com", True)] * 2
+
+
 def test_status_names_the_stalled_step_and_the_other_hosts_answer(testbed, fleet_config, guarded_env):
     """Through the CLI: one host wedges mid-session (its probe hangs), the others report as usual."""
     good, stuck = testbed.add_workers(2, prefix="fz")
