@@ -433,7 +433,7 @@ class RemoteChannel:
             return self._go_direct(str(exc), direct_start)
         try:
             send_json(sock, REQUEST, {"op": "exec", "conn": self.transport.conn_id, "env": self.env,
-                                                  "persist": cxn.daemon.persist_s, **message})
+                                      "persist": cxn.daemon.persist_s, **message})
             kind, payload = read_frame(sock)
         except socket.timeout:
             sock.close()  # it may yet start the command: never start it a second time, directly

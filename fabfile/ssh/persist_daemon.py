@@ -321,8 +321,7 @@ class Server:
         """Hold one connection for the run until its socket closes; answer keepalives on the way."""
         spec = request["spec"]
         if spec.get("auth_sock") != os.environ.get("SSH_AUTH_SOCK"):
-            send_json(sock, ANSWER, {"ok": False, "direct": True,
-                                                 "message": "another ssh-agent than the process's"})
+            send_json(sock, ANSWER, {"ok": False, "direct": True, "message": "another ssh-agent than the process's"})
             return
         try:
             host = self.pool.lease(spec)
@@ -356,7 +355,7 @@ class Server:
         host = self.pool.hosts.get(request.get("conn"))
         if host is None or not host.leased:
             send_json(sock, ANSWER, {"ok": False, "status": "unreachable",
-                                                 "message": "the warm connection was given back"})
+                                     "message": "the warm connection was given back"})
             return
         channel, answer = None, None
         for fresh in (False, True):
