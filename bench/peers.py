@@ -177,20 +177,25 @@ class Peer:
     label: str  # the table's and the plot's name for it
     ran: str  # what it did, for the notes
     needs: tuple  # files that must exist (the tool's entry points)
-    home: str = ""  # its directory in PEERS_DIR, where ``make bench`` installs it (default: its key)
+    tool: str = ""  # the tool, when this row runs it another way: its install, version and output check
+
+    @property
+    def tool_key(self):
+        """The key of the tool itself: its directory in PEERS_DIR, its `VERSIONS` and `CHECKS` entries."""
+        return self.tool or self.key
 
     def missing(self):
         """None when the tool is installed, else why it is not (the column says so)."""
         for path in self.needs:
             if not Path(path).exists():
-                failed = PEERS_DIR / (self.home or self.key) / ".failed"
+                failed = PEERS_DIR / self.tool_key / ".failed"
                 why = f" ({failed.read_text().strip()})" if failed.exists() else ""
                 return f"{self.key} is not installed: no {path}{why}; make bench installs it"
         return None
 
     def version(self):
         """The installed version, as its package says (``pyinfra 3.10.0``), or None."""
-        return VERSIONS[self.key]() if self.missing() is None else None
+        return VERSIONS[self.tool_key]() if self.missing() is None else None
 
     def invocation(self, files, python):
         return INVOCATIONS[self.key](files, python)
@@ -200,7 +205,7 @@ class Peer:
         said = (run.stderr.strip() or run.stdout.strip())[-400:]
         if run.returncode != 0:
             raise PeerFailed(f"{self.label} exited {run.returncode}: {said}")
-        CHECKS.get(self.key, lambda run, files: None)(run, files)
+        CHECKS.get(self.tool_key, lambda run, files: None)(run, files)
 
 
 def venv_bin(tool, program):
@@ -230,7 +235,7 @@ PEERS = [
 DEFAULT_FANOUT_PEERS = [
     Peer("pyinfra-default", "pyinfra exec, its default --parallel",
          f"pyinfra INVENTORY exec -- {COMMAND} (paramiko), 20 hosts per CPU at once",
-         (venv_bin("pyinfra", "pyinfra"),), home="pyinfra"),
+         (venv_bin("pyinfra", "pyinfra"),), tool="pyinfra"),
 ]
 
 
@@ -304,7 +309,6 @@ def program_version(argv):
 
 VERSIONS = {
     "pyinfra": lambda: dist_version(PEERS_DIR / "pyinfra", "pyinfra"),
-    "pyinfra-default": lambda: dist_version(PEERS_DIR / "pyinfra", "pyinfra"),
     "parallel-ssh": lambda: dist_version(PEERS_DIR / "parallel-ssh", "parallel_ssh"),
     "openssh": lambda: program_version([which("ssh"), "-V"]),
     "ansible": lambda: dist_version(PEERS_DIR / "ansible", "ansible_core"),
@@ -360,7 +364,6 @@ CHECKS = {
     "pdsh": expect_quiet_stderr,
     "clush": expect_quiet_stderr,
     "pyinfra": expect_pyinfra_hosts,
-    "pyinfra-default": expect_pyinfra_hosts,
 }
 
 
