@@ -1,6 +1,10 @@
 """The one fan-out: every entry its own report, at most `parallel` at once, a stop as a value."""
 
+import gc
 import threading
+import weakref
+
+import pytest
 
 from fabfile.core.context import RunContext
 from fabfile.core.config import load_config
@@ -105,18 +109,22 @@ class _Command:
         return self.dead
 
 
-def test_every_run_s_commands_wait_on_the_channel_not_a_poll():
-    """fabric_config gives each run's connections `FleetRemote`: a command running 0.5 s is looked at
-    a handful of times (invoke's own wait looks every 10 ms: ~50), and ends when its event is set."""
+@pytest.mark.parametrize("runner", ["config", "task"])
+def test_every_run_s_commands_wait_on_the_channel_not_a_poll(runner):
+    """fabric_config gives each run's connections `FleetRemote`, and a task (dispatch, batch), which
+    makes its own `TaskRunner`, gets the same wait: a command running 0.5 s is looked at a handful
+    of times (invoke's own wait looks every 10 ms: ~50), and ends when its event is set."""
     from types import SimpleNamespace
 
+    from fabfile.host.agent import TaskRunner
     from fabfile.ssh.connections import fabric_config
     from fabfile.ssh.runner import THREAD_CHECK_S, FleetRemote
 
-    assert fabric_config().runners.remote is FleetRemote
+    runner_class = fabric_config().runners.remote if runner == "config" else TaskRunner
+    assert issubclass(runner_class, FleetRemote)
     command = _Command(SimpleNamespace(status_event=threading.Event()))
     threading.Timer(0.5, command.channel.status_event.set).start()
-    FleetRemote.wait(command)
+    runner_class.wait(command)
     assert command.channel.status_event.is_set()
     assert command.checks <= 0.5 / THREAD_CHECK_S + 3, command.checks
 
@@ -154,3 +162,36 @@ def test_every_direct_connection_sends_each_packet_at_once(sim_hosts, fleet_conf
         assert cxn.client.get_transport().sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         cxn.close()
+
+
+def test_the_first_run_s_connections_freeze_what_came_before_and_later_garbage_is_still_collected(
+        sim_hosts, fleet_config, monkeypatch):
+    """open_fleet freezes the objects made before it (gc.freeze: the collector stops walking the
+    imports and the config); only the first time, so a cycle left behind after it is still freed."""
+    from fabfile.ssh import connections
+
+    class Node:
+        pass
+
+    fleet = load_config(str(fleet_config(hosts=sim_hosts[:1])))
+    monkeypatch.setattr(connections, "_startup_frozen", False)
+    gc.unfreeze()
+    try:
+        before = Node()
+        before.me = before
+        frozen_node = weakref.ref(before)
+        del before
+        connections.open_fleet(RunContext(fleet, fleet.hosts))
+        assert gc.get_freeze_count() > 0
+        gc.collect()
+        assert frozen_node() is not None  # frozen: never collected
+
+        after = Node()
+        after.me = after
+        later_node = weakref.ref(after)
+        del after
+        connections.open_fleet(RunContext(fleet, fleet.hosts))
+        gc.collect()
+        assert later_node() is None
+    finally:
+        gc.unfreeze()

@@ -278,6 +278,33 @@ def test_a_lease_is_one_runs_alone(warm_hosts, fleet_config, warm_env, monkeypat
     two.close()
 
 
+def wakeups(pid):
+    """How many times the threads of `pid` have gone to sleep and woken since they began (from /proc)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_idle_kept_connections_leave_the_process_asleep(warm_hosts, fleet_config, warm_env):
+    """Between runs, each kept connection's reader wakes about once a second, not paramiko's ten
+    times: a count of wake-ups, which load can only lower, never a time bound."""
+    import time
+
+    from fabfile.ssh.persist_daemon import REAP_EVERY_S
+
+    assert status(fleet_config(warm_hosts), warm_env, "--persist", "60")[0].returncode == 0
+    [pid] = daemon_pids(warm_env["PICOCLAW_FLEET_RUNTIME_DIR"])
+    time.sleep(1)  # the run's own threads have gone
+    before, started = wakeups(pid), time.monotonic()
+    time.sleep(3)
+    woken, seconds = wakeups(pid) - before, time.monotonic() - started
+    expected = seconds * (1 / REAP_EVERY_S + len(warm_hosts) * 1.0)  # the listener's, and once a second each reader
+    assert woken <= expected * 1.5 + 5, (woken, expected)  # paramiko's own 0.1 s: ~3x `expected` here
+
+
 def test_the_process_leaves_after_the_idle_time(warm_hosts, fleet_config, warm_env):
     config = fleet_config(warm_hosts[:1])
     runtime = Path(warm_env["PICOCLAW_FLEET_RUNTIME_DIR"])

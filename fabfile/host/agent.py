@@ -22,12 +22,12 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut
 
 from ..core.status import Status
 from ..core.tasks import TASK_SESSION_PREFIX
 from ..ssh.deadlines import deadline, step_seconds
+from ..ssh.runner import FleetRemote
 from .facts import ANSI_ESCAPE
 from .paths import BINARY_PATH, PICOCLAW_DIR, SESSIONS_DIR, bounded
 from ..core.report import HostReport
@@ -180,8 +180,8 @@ def split_log(stderr):
     return stderr[:at], stderr[at + len(mark):]
 
 
-class TaskRunner(Remote):
-    """Fabric's remote runner, adjusted for a task's bytes going in and coming out.
+class TaskRunner(FleetRemote):
+    """Our remote runner (`FleetRemote`, woken by the command's end), adjusted for a task's bytes going in and coming out.
 
     Invoke decodes output one 1000-byte read at a time, which mangles any
     multibyte character split across two reads; a task's answer is text that
