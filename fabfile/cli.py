@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fabric import Config, Executor
 from fabric.main import Fab
 from invoke import Collection
+from invoke.exceptions import ParseError
 
 import fabfile
 
@@ -26,9 +27,31 @@ def package_version():
         return "0+unknown"
 
 
+class FleetProgram(Fab):
+    """Fabric's `Fab`, except that a command line it cannot parse exits 2, not invoke's 1.
+
+    An unknown verb or flag, or a flag without its value, is a mistake the
+    user fixes, like every other usage error (one line, exit 2); 1 says a
+    host or task failed, and an agent reading the exit code must be able to
+    tell the two apart.
+    """
+
+    def parse_core(self, argv):
+        with fabfile.usage_errors(ParseError):
+            super().parse_core(argv)
+
+    def parse_tasks(self):
+        with fabfile.usage_errors(ParseError):
+            super().parse_tasks()
+
+    def parse_cleanup(self):
+        with fabfile.usage_errors(ParseError):
+            super().parse_cleanup()
+
+
 def make_program():
-    """Fabric's `Fab` program over our tasks, under our name and version."""
-    return Fab(
+    """Our `FleetProgram` over our tasks, under our name and version."""
+    return FleetProgram(
         name=NAME,
         binary=NAME,
         version=package_version(),

@@ -241,6 +241,17 @@ def test_usage_error_is_exit_2_through_every_entry_point(cli_env, tmp_path):
     assert via_make.returncode == 2 and "invalid config" in via_make.stderr
 
 
+@pytest.mark.parametrize("argv", [["status", "--bogus"], ["statuz"], ["dispatch", "--task"], ["--bogus"],
+                                  ["--help", "statuz"]])
+def test_a_command_line_the_console_script_cannot_parse_is_one_line_and_exit_2(argv, cli_env, tmp_path):
+    """An unknown verb or flag, or a flag without its value: exit 2 like any usage error (1 would read
+    as a failed host to an agent), one line, and no host contacted (there is no config at all)."""
+    result = run([CONSOLE, *argv], cli_env, cwd=tmp_path)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("picoclaw-fleet: ") and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stdout == ""
+
+
 # --- the seed's calls on a host that is in no config -------------------------------------------------------
 
 
