@@ -114,17 +114,29 @@ if argv[0] in ("invoke", "inv"):
 else:
     from fabfile.cli import make_program  # Fabric's Fab over the fabfile: `fab` and `picoclaw-fleet`
     program = make_program()
+
+
+def parse(step, *args):
+    # one parsing step; picoclaw-fleet's program turns a ParseError into a usage error (Exit, code 2)
+    try:
+        step(*args)
+    except Exit as exc:
+        if exc.code:
+            raise ParseError(exc.message) from None
+        raise
+
+
 try:
     with contextlib.redirect_stdout(io.StringIO()):
         program.create_config()
         try:
-            program.parse_core(argv)
+            parse(program.parse_core, argv)
             core_only = False
         except Exit:  # --version and friends: valid, nothing more to parse
             core_only = True
         if not core_only:
             program.parse_collection()
-            program.parse_tasks()
+            parse(program.parse_tasks)
     if core_only:
         print(json.dumps({"tasks": []}))
         sys.exit(0)
