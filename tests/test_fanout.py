@@ -164,6 +164,52 @@ def test_every_direct_connection_sends_each_packet_at_once(sim_hosts, fleet_conf
         cxn.close()
 
 
+def delayed_acks():
+    """The kernel's count of ACKs it held back and sent only when the delayed-ACK timer fired, for
+    this network namespace (the tests' own loopback one): /proc/net/netstat, TcpExt DelayedACKs."""
+    header, values = open("/proc/net/netstat").read().splitlines()[:2]
+    return int(dict(zip(header.split(), values.split()))["DelayedACKs"])
+
+
+def first_command_delayed_acks(transport):
+    """How many delayed ACKs the first command on `transport` (just authenticated) waited for."""
+    before = delayed_acks()
+    channel = transport.open_session()
+    channel.exec_command("true")
+    assert channel.recv_exit_status() == 0
+    return delayed_acks() - before
+
+
+def test_the_first_command_after_login_waits_for_no_delayed_ack(sim_hosts, fleet_config):
+    """sshd announces its host keys right after login, Nagle on; unless we acknowledge that packet at
+    once (PromptTransport), the answer to our first request waits for our delayed ACK (~40 ms). The
+    kernel's own count, not a time: a stock paramiko transport on the same host shows the wait."""
+    import socket
+
+    import paramiko
+
+    from fabfile.ssh.connections import open_fleet
+
+    fleet = load_config(str(fleet_config(hosts=sim_hosts[:1])))
+    [cxn] = open_fleet(RunContext(fleet, fleet.hosts))
+    try:
+        cxn.open()
+        assert first_command_delayed_acks(cxn.client.get_transport()) == 0
+    finally:
+        cxn.close()
+
+    entry = fleet.hosts[0]
+    sock = socket.create_connection((entry.host, entry.port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    stock = paramiko.Transport(sock)
+    try:
+        stock.start_client(timeout=10)
+        stock.auth_publickey(entry.user, paramiko.Ed25519Key.from_private_key_file(entry.ssh_key))
+        assert first_command_delayed_acks(stock) >= 1
+    finally:
+        stock.close()
+
+
 def test_the_first_run_s_connections_freeze_what_came_before_and_later_garbage_is_still_collected(
         sim_hosts, fleet_config, monkeypatch):
     """open_fleet freezes the objects made before it (gc.freeze: the collector stops walking the

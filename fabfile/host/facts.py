@@ -288,10 +288,12 @@ def _is_number(text):
 def measure_latency(cxn):
     """One SSH round trip in milliseconds: the second of two keepalive requests that the server answers.
 
-    The first request after authentication waits ~40 ms on the host's side
-    (sshd's packets after the login, held until our delayed ACK; README,
-    Performance), which is no part of the round trip a user reads this as:
-    the first keepalive takes that wait, the second is timed.
+    The first request after authentication can wait ~40 ms: sshd's answer
+    is held behind its post-login host-key packet until that is acknowledged
+    (README, Performance). `connections.PromptTransport` acknowledges it at
+    once on a direct connection; through a gateway the ACK is not ours to
+    send. That wait is no part of the round trip a user reads this as, so
+    the first keepalive takes it and the second is timed.
     """
     transport = cxn.client.get_transport()
     with deadline(cxn, "the SSH keepalive"):
