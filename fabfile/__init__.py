@@ -138,12 +138,6 @@ def finish_recorded(rec, data, rows, config, exit_code, as_json, human):
         raise Exit(code=exit_code)
 
 
-def warn_if_insecure(run):
-    """Say so when host key checking is switched off."""
-    if run.defaults.host_key_policy == "off":
-        warn("host_key_policy is 'off': host keys are not checked (insecure)")
-
-
 class ShortFlagTask(Task):
     """A task whose short flags are named (``short_flags={"task": "t"}``), not guessed.
 
@@ -241,7 +235,6 @@ def status(c, hosts=None, config=None, parallel=None, json=False, persist=None):
         from .verbs.status import fleet_status, render_status
 
         run = fleet_run(c, config, hosts, parallel, persist)
-        warn_if_insecure(run)
         report = fleet_status(run)
     finish(report, json, render_status)
 
@@ -288,7 +281,6 @@ def deploy(c, hosts=None, config=None, parallel=None, json=False, version=None, 
         run = fleet_run(c, config, hosts, parallel, persist=NO_PERSIST)
         rec = recorder("deploy", dict(hosts=hosts, parallel=parallel, version=version, from_file=from_file,
                                       force=force, allow_unverified=allow_unverified), no_record=no_record)
-        warn_if_insecure(run)
         report = deploy_fleet(run, version, from_file, force, allow_unverified)
     record_brief(rec, report, run.fleet.path)
     finish(report, json, render_deploy)
@@ -311,7 +303,6 @@ def teardown(c, hosts=None, config=None, parallel=None, json=False, purge=False,
 
         run = fleet_run(c, config, hosts, parallel, persist=NO_PERSIST)
         rec = recorder("teardown", dict(hosts=hosts, parallel=parallel, purge=purge), no_record=no_record)
-        warn_if_insecure(run)
         confirm_teardown(run.fleet, run.entries, hosts, yes)
         report = teardown_fleet(run, purge)
     record_brief(rec, report, run.fleet.path)
@@ -374,7 +365,6 @@ def run_dispatch(c, text, flags, config, as_json, detach, outdir, no_record, par
         rec = recorder("dispatch", {**flags, "mode": targets.mode, "detach": bool(detach), "outdir": outdir},
                        parent, detach, outdir, no_record)
         run = run_context(c, fleet, targets.entries, flags["parallel"], flags.get("persist"))
-        warn_if_insecure(run)
         report = dispatch_task(run, targets.mode, text, flags["timeout"], flags["deploy"], flags["ephemeral"], options,
                                detach=rec.id if detach else None)
         timeout_s = check_timeout(run.defaults.timeout if flags["timeout"] is None else flags["timeout"])
@@ -454,7 +444,6 @@ def run_batch_tasks(c, read, flags, config, as_json, jsonl, detach, outdir, no_r
         tasks = read()
         settings = batch_settings(run, flags["timeout"], flags["retries"], flags["retry_lost"], flags["unrestricted"])
         rec = recorder("batch", {**flags, "detach": bool(detach), "outdir": outdir}, parent, detach, outdir, no_record)
-        warn_if_insecure(run)
         if detach:
             report = start_detached_batch(run, tasks, settings, rec.id)
         else:

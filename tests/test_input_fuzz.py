@@ -28,7 +28,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
@@ -316,6 +316,8 @@ def test_fuzz_config_files(data):
 @FUZZ
 @given(near_valid_configs(), st.sampled_from([["status"], ["deploy"], ["teardown", "--yes"], ["batch", "-t", "hi"],
                                               ["dispatch", "-t", "hi"], ["dispatch", "--all", "-t", "hi"]]))
+@example(config=valid_config(host_key_policy="off"),
+         verb=["deploy"])  # the insecure notice once came before deploy's usage error: two lines
 def test_fuzz_near_valid_configs_in_every_verb(config, verb):
     with scratch() as (directory, home):
         path = directory / "fleet.json"

@@ -475,6 +475,8 @@ def open_fleet(run):
     """
     freeze_startup_objects()
     defaults = run.fleet.defaults
+    if defaults.host_key_policy == "off":
+        say_once(run.notify, INSECURE_NOTICE)
     keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
     config = fabric_config(run.base_config)
     warm = warm_connections(run, config) if run.persist_s > 0 else None
@@ -487,6 +489,27 @@ def open_fleet(run):
         except Exception as exc:  # a host's failure is its report, never the run's crash
             connections.append(exc)
     return connections
+
+
+#: Said on stderr by the first run that connects with host key checking off.
+INSECURE_NOTICE = "host_key_policy is 'off': host keys are not checked (insecure)"
+
+
+def say_once(notify, line):
+    """`notify` `line` the first time this process asks, and never again.
+
+    The insecure-policy notice belongs where hosts are about to be contacted,
+    not where the config is read: a run that stops on a usage error first
+    (exit 2) contacts nobody, and its one line on stderr is that error. A
+    verb with several fan-outs (deploy's checks, batch's probe and tasks)
+    still says it once.
+    """
+    if line not in _said:
+        _said.add(line)
+        notify(line)
+
+
+_said = set()
 
 
 def freeze_startup_objects():
