@@ -147,6 +147,26 @@ def test_the_wait_ends_on_a_dead_reader_and_falls_back_without_an_event():
     assert polled.checks == 5
 
 
+def test_a_command_whose_time_ran_out_ends_its_wait_once_the_timer_closed_it():
+    """invoke's timer closes the channel (kill); paramiko sets the event as that close begins, so the
+    wait also waits for the timer to finish: invoke says "timed out" only once its timer has ended."""
+    import time
+    from types import SimpleNamespace
+
+    from fabfile.ssh.runner import FleetRemote
+
+    def slow_close():  # paramiko: the event first, then the CLOSE message goes out
+        channel.status_event.set()
+        time.sleep(0.3)
+
+    channel = SimpleNamespace(status_event=threading.Event(), close=slow_close)
+    command = _Command(channel)
+    command._timer = threading.Timer(0.1, FleetRemote.kill, args=(command,))
+    command._timer.start()
+    FleetRemote.wait(command)
+    assert command.killing and not command._timer.is_alive()
+
+
 def test_every_direct_connection_sends_each_packet_at_once(sim_hosts, fleet_config):
     """TCP_NODELAY on each connection a run opens (paramiko leaves Nagle on, and a command after the
     first on a connection then waits for the host's delayed ACK); two commands on it both answer."""

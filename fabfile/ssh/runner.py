@@ -14,10 +14,17 @@ from fabric.runners import Remote
 
 #: How often the wait also checks that the I/O threads are alive (and a close without an event).
 THREAD_CHECK_S = 0.1
+#: How long the wait lets invoke's timer finish closing the channel once the command's time is up.
+KILL_FINISH_S = 5.0
 
 
 class FleetRemote(Remote):
     """Fabric's `Remote` runner, woken by the command's end rather than a 10 ms poll."""
+
+    def kill(self):
+        """invoke's timer ran out: close the channel (Fabric's kill), marked as under way for `wait`."""
+        self.killing = True
+        Remote.kill(self)
 
     def wait(self):
         ended = getattr(self.channel, "status_event", None)
@@ -25,4 +32,19 @@ class FleetRemote(Remote):
             return Remote.wait(self)
         while not (self.process_is_finished or self.has_dead_threads):
             ended.wait(THREAD_CHECK_S)
+        let_kill_finish(self)
         return None
+
+
+def let_kill_finish(runner):
+    """When invoke's timer is closing `runner`'s channel, wait for it to finish (at most `KILL_FINISH_S`).
+
+    paramiko sets the event as the close begins, before the close is sent.
+    Ending the wait right then would let the run carry on while the timer
+    thread is still at work: invoke reads "timed out" from that thread
+    having ended, so the task came back as lost, not timed out, and a
+    connection closed meanwhile raised in the timer thread.
+    """
+    timer = getattr(runner, "_timer", None)
+    if getattr(runner, "killing", False) and timer is not None:
+        timer.join(KILL_FINISH_S)
