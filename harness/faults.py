@@ -4,6 +4,7 @@
   SilentListener       accepts TCP and never sends a byte (no SSH banner)
   RotatingKeySshd      an sshd whose host key can be replaced (re-imaged host, MITM)
   NoSftpSshd           an sshd without the SFTP subsystem (a bare Dropbear)
+  CipherLimitedSshd    an sshd offering only the ciphers it is given (an old or cut-down one)
   FrozenSshd           an sshd SIGSTOPped with its children, before or after the handshake
   freeze_host()        SIGSTOP every process of a host's user: a board that wedges mid-session
   mount_tmpfs()        a tiny tmpfs over a host's directory: a full disk
@@ -127,6 +128,25 @@ class NoSftpSshd(SshdServer):
 
     def config_text(self) -> str:
         return "".join(line + "\n" for line in super().config_text().splitlines() if not line.startswith("Subsystem"))
+
+
+class CipherLimitedSshd(SshdServer):
+    """A second sshd for the testbed's users offering only `ciphers` (OpenSSH's ``Ciphers``), like an old
+    or cut-down server; made by `cipher_limited_sshd`, with the testbed's host key: the same machine."""
+
+    def __init__(self, directory, allow_users, force_command=None, host_key=None, ciphers="aes128-ctr"):
+        super().__init__(directory, allow_users, force_command, host_key=host_key)
+        self.ciphers = ciphers
+
+    def config_text(self) -> str:
+        return super().config_text() + f"Ciphers {self.ciphers}\n"
+
+
+def cipher_limited_sshd(testbed, ciphers: str, name: str = "sshd-ciphers") -> CipherLimitedSshd:
+    """A started `CipherLimitedSshd` for `testbed`'s users; the testbed stops it."""
+    server = testbed.new_server(name, CipherLimitedSshd, host_key=testbed.host_key, ciphers=ciphers)
+    server.start()
+    return server
 
 
 # ---- frozen processes --------------------------------------------------------------------------

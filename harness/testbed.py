@@ -265,6 +265,11 @@ class Testbed:
     def host_key_line(self) -> str:
         return self._server.host_key_line()
 
+    @property
+    def host_key(self) -> Path:
+        """The main sshd's host key: a second sshd serving it looks like the same machine."""
+        return self._server.host_key
+
     # ---- hosts -----------------------------------------------------------
 
     def add_hosts(self, n: int, prefix: str = "h") -> list[SimHost]:

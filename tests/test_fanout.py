@@ -1,6 +1,8 @@
 """The one fan-out: every entry its own report, at most `parallel` at once, a stop as a value."""
 
 import gc
+import json
+import os
 import threading
 import weakref
 
@@ -10,6 +12,8 @@ from fabfile.core.context import RunContext
 from fabfile.core.config import load_config
 from fabfile.ssh.fanout import fan_out
 from fabfile.core.report import HostReport
+from harness.cli import fab_json
+from harness.loopback import guarded_env
 
 
 def test_two_entries_sharing_an_address_each_run_and_report(testbed, sim_hosts, fleet_config):
@@ -228,6 +232,142 @@ def test_the_first_command_after_login_waits_for_no_delayed_ack(sim_hosts, fleet
         assert first_command_delayed_acks(stock) >= 1
     finally:
         stock.close()
+
+
+def negotiated_cipher(fleet):
+    """The cipher each way, and a command's output, on the first host of `fleet` through `open_fleet`."""
+    from fabfile.ssh.connections import open_fleet
+
+    [cxn] = open_fleet(RunContext(fleet, fleet.hosts))
+    try:
+        cxn.open()
+        transport = cxn.client.get_transport()
+        return transport.local_cipher, transport.remote_cipher, cxn.run("echo hi", hide=True, in_stream=False).stdout
+    finally:
+        cxn.close()
+
+
+def test_connections_ask_for_aes_gcm_and_a_host_without_it_is_reached_as_before(testbed, sim_hosts, fleet_config,
+                                                                                 tmp_path):
+    """AES-GCM first (its tag is checked in C, where paramiko checks a CTR cipher's HMAC in Python,
+    byte by byte); a server that offers no GCM gets one of the ciphers paramiko offers after it."""
+    from dataclasses import replace
+
+    from harness.faults import cipher_limited_sshd
+
+    fleet = load_config(str(fleet_config(hosts=sim_hosts[:1])))
+    assert negotiated_cipher(fleet) == ("aes128-gcm@openssh.com", "aes128-gcm@openssh.com", "hi\n")
+
+    server = cipher_limited_sshd(testbed, "aes256-ctr,aes128-cbc", f"sshd-ctr-{tmp_path.name}")
+    try:
+        no_gcm = replace(sim_hosts[0], port=server.port)
+        fleet = load_config(str(fleet_config(hosts=[no_gcm])))
+        assert negotiated_cipher(fleet) == ("aes256-ctr", "aes256-ctr", "hi\n")
+    finally:
+        server.stop()
+
+
+class KeyFileOpens:
+    """Counts the opens of one file by this process (Python's "open" audit event, which every
+    ``open()`` in Python raises). An audit hook cannot be removed, so one is added, once."""
+
+    path = None
+    count = 0
+    hooked = False
+
+    def __init__(self, path):
+        if not KeyFileOpens.hooked:
+            import sys
+
+            sys.addaudithook(KeyFileOpens.seen)
+            KeyFileOpens.hooked = True
+        KeyFileOpens.path, KeyFileOpens.count = os.fspath(path), 0
+
+    @staticmethod
+    def seen(event, args):
+        if event == "open" and KeyFileOpens.path is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+            if os.fsdecode(args[0]) == KeyFileOpens.path:
+                KeyFileOpens.count += 1
+
+    def stop(self):
+        KeyFileOpens.path = None
+        return KeyFileOpens.count
+
+
+def key_file_reads(testbed, fleet_config, hosts):
+    """How often one run over `hosts` opened the key file beyond each host's check before connecting
+    (`key_file_problem` opens it once a host), starting with no key loaded yet."""
+    from fabfile.ssh import connections
+
+    connections._client_keys.clear()
+    fleet = load_config(str(fleet_config(hosts=hosts)))
+    opens = KeyFileOpens(testbed.client_key)
+    try:
+        cxns = connections.open_fleet(RunContext(fleet, fleet.hosts))
+        try:
+            assert [cxn.run("echo in", hide=True, in_stream=False).stdout for cxn in cxns] == ["in\n"] * len(hosts)
+        finally:
+            for cxn in cxns:
+                cxn.close()
+    finally:
+        count = opens.stop()
+    return count - len(hosts)
+
+
+def test_the_fleet_s_key_file_is_read_once_per_process_not_once_per_host(testbed, sim_hosts, fleet_config):
+    """paramiko parses a key file anew for each connection, trying RSA, then ECDSA, then Ed25519;
+    the key is loaded once and handed to every connection: one host or four, as many reads."""
+    one, four = key_file_reads(testbed, fleet_config, sim_hosts[:1]), key_file_reads(testbed, fleet_config, sim_hosts)
+    assert one > 0 and four == one
+
+
+def test_a_key_file_replaced_while_the_process_runs_is_read_again(testbed, fleet_config, tmp_path):
+    """A long-lived process (the warm one) must offer the key the file holds now: the old key is
+    no longer authorized on the host, the new one is, and the next connection gets in."""
+    import shutil
+
+    from fabfile.ssh.connections import client_key
+    from harness.sshd import keygen, public_key
+
+    [host] = testbed.add_hosts(1, prefix="rot")
+    key = tmp_path / "id_fleet"
+    shutil.copy(testbed.client_key, key)
+    key.chmod(0o600)
+    config = testbed.fleet_config([host])
+    config["hosts"][0]["ssh_key"] = str(key)
+    path = tmp_path / "fleet-rotated.json"
+    path.write_text(json.dumps(config))
+    fleet = load_config(str(path))
+    assert negotiated_cipher(fleet)[2] == "hi\n"
+    old = client_key(str(key))
+
+    new = keygen(tmp_path / "new_key", "rotated")
+    (host.home / ".ssh" / "authorized_keys").write_text(public_key(new) + "\n")
+    os.replace(new, key)
+    assert client_key(str(key)).get_fingerprint() != old.get_fingerprint()
+    assert negotiated_cipher(fleet)[2] == "hi\n"
+
+
+def test_a_key_that_needs_a_passphrase_is_left_to_paramiko(testbed, tmp_path):
+    """Not loadable without its passphrase: the host's report is paramiko's own verdict, as before."""
+    import subprocess
+
+    from fabfile.ssh.connections import client_key
+
+    key = tmp_path / "id_locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(key)], check=True)
+    assert client_key(str(key)) is None
+    [host] = testbed.add_hosts(1, prefix="lck")
+    (host.home / ".ssh" / "authorized_keys").write_text(" ".join((tmp_path / "id_locked.pub").read_text().split()[:2]) + "\n")
+    config = testbed.fleet_config([host])
+    config["hosts"][0]["ssh_key"] = str(key)
+    path = tmp_path / "fleet-locked.json"
+    path.write_text(json.dumps(config))
+    env = guarded_env({**os.environ, "SSH_AUTH_SOCK": ""})
+    result, _, reports = fab_json(["status", "--config", path], env)
+    report = reports[host.name]
+    assert (result.returncode, report["status"]) == (1, "auth-failed")
+    assert report["message"] == "authentication failed: Private key file is encrypted"
 
 
 def test_the_first_run_s_connections_freeze_what_came_before_and_later_garbage_is_still_collected(

@@ -290,7 +290,7 @@ def measure_latency(cxn):
 
     The first request after authentication can wait ~40 ms: sshd's answer
     is held behind its post-login host-key packet until that is acknowledged
-    (README, Performance). `connections.PromptTransport` acknowledges it at
+    (README, Performance). `connections.FleetTransport` acknowledges it at
     once on a direct connection; through a gateway our socket is not the one
     that host talks to, so the wait may remain there (not measured). It is
     no part of the round trip a user reads this as, so the first keepalive
