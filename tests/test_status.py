@@ -115,6 +115,35 @@ def test_status_runs_one_command_per_host(testbed, status_hosts, fleet_config):
     assert testbed.command_log(host)[before:] == [PROBE_COMMAND]
 
 
+def test_the_probe_is_read_off_its_channel_without_invoke_s_runner_threads(status_hosts, fleet_config, monkeypatch):
+    """Only the probe's stdout counts, so it is read straight off the channel: invoke's runner would
+    start two I/O threads (and a Result, and config look-ups) a host. Counted over a second probe of
+    an open connection: paramiko's transport thread and the one deadline thread are already there."""
+    import threading
+
+    from fabfile.host.facts import probe_host
+    from fabfile.ssh.connections import open_fleet
+
+    fleet = load_config(str(fleet_config(hosts=status_hosts[1:2])))
+    [cxn] = open_fleet(RunContext(fleet, fleet.hosts))
+    started = []
+    start = threading.Thread.start
+
+    def counted(thread):
+        started.append(type(thread).__name__)
+        return start(thread)
+
+    try:
+        probe_host(cxn)
+        monkeypatch.setattr(threading.Thread, "start", counted)
+        facts = probe_host(cxn)
+        monkeypatch.undo()
+    finally:
+        cxn.close()
+    assert started == []
+    assert (facts.version, facts.env_present) == ("0.4.2", True)
+
+
 def test_status_human_table(status_hosts, fleet_config, guarded_env):
     result = fab(["status", "--config", str(fleet_config(hosts=status_hosts))], guarded_env)
     assert result.returncode == 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import yaml
 
 from ..ssh.deadlines import deadline, step_seconds
+from ..ssh.runner import command_output
 from .paths import (BINARY_PATH, CONFIG_FILE, ENV_FILE, PICOCLAW_DIR, SECURITY_FILE, VERSION_CACHE,
                     VERSION_CACHE_BINARY, bounded)
 
@@ -100,8 +101,11 @@ _CONFIG, _SECURITY = shlex.quote(CONFIG_NAME), shlex.quote(SECURITY_NAME)
 #: cannot hang status. MIPS hosts also report their byte order, from
 #: /bin/sh's ELF header. .security.yml is sent only with a config.json: it
 #: matters only for the model that one selects. POSIX sh only (dash, bash,
-#: busybox sh are all login shells somewhere).
+#: busybox sh are all login shells somewhere). Its stderr goes to /dev/null:
+#: only its stdout is read.
 PROBE_COMMAND = (
+    # nothing on stderr: only stdout is read (`runner.command_output`)
+    "exec 2>/dev/null; "
     # the kernel's machine name, as `uname -m` prints it without a personality (linux32) override
     '{ read -r m < /proc/sys/kernel/arch; } 2>/dev/null && [ -n "$m" ] || m=$(uname -m); echo "arch=$m"; '
     'case $m in mips*) echo "endian=$(od -An -tx1 -j5 -N1 /bin/sh 2>/dev/null)";; esac; '
@@ -314,7 +318,6 @@ def probe_host(cxn):
     cxn.open()
     latency = measure_latency(cxn)
     with deadline(cxn, "the status probe", step_seconds(cxn, PROBE_VERSION_S)):
-        result = cxn.run(PROBE_COMMAND, hide=True, warn=True, in_stream=False)
-    facts = parse_probe(result.stdout)
+        facts = parse_probe(command_output(cxn, PROBE_COMMAND))
     facts.latency_ms = latency
     return facts
