@@ -46,14 +46,16 @@ def fab_json(args, env, timeout=300):
 def connect(testbed, host, known_hosts: Path | None = None, connect_timeout: float = 10):
     """A Fabric Connection to a sim host, built by the product's own connection code."""
     from fabfile.core.config import Defaults, HostEntry
-    from fabfile.ssh.connections import HostKeyStore, build_connection, fabric_config
+    from fabfile.ssh.connections import HostKeyStore, apply_deadlines, build_connection, fabric_config
 
     defaults = Defaults(known_hosts=str(known_hosts or testbed.known_hosts), host_key_policy="accept-new",
                         connect_timeout=connect_timeout)
     entry = HostEntry(name=host.name, host=host.address, user=host.user, port=host.port,
                       ssh_key=str(testbed.client_key))
     keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
-    return build_connection(entry, defaults, keys, fabric_config())
+    config = fabric_config()
+    apply_deadlines(config, connect_timeout)
+    return build_connection(entry, defaults, keys, config)
 
 
 def drain_terminal(fd: int) -> bytes:

@@ -91,6 +91,31 @@ def test_connections_are_built_in_the_calling_thread_only(sim_hosts, fleet_confi
     assert builders == [threading.current_thread()] * len(sim_hosts)
 
 
+def test_a_run_writes_the_shared_fabric_config_once_not_once_per_host(sim_hosts, fleet_config, monkeypatch):
+    """Each write to invoke's config merges all its levels again. Fabric's Connection assigns its
+    ``inline_ssh_env``, which it does not declare, so every Connection built wrote the shared config;
+    a run writes it (its runner, its deadlines) as often for one host as for four."""
+    from invoke.config import Config
+
+    from fabfile.ssh import connections
+
+    writes, modify = [], Config._modify
+
+    def recording(config, keypath, key, value):
+        writes.append((*keypath, key))
+        return modify(config, keypath, key, value)
+
+    monkeypatch.setattr(Config, "_modify", recording)
+    per_run = []
+    for hosts in (sim_hosts[:1], sim_hosts):
+        fleet = load_config(str(fleet_config(hosts=hosts)))
+        writes.clear()
+        cxns = connections.open_fleet(RunContext(fleet, fleet.hosts))
+        assert len(cxns) == len(hosts) and all(cxn.inline_ssh_env is True for cxn in cxns)
+        per_run.append(list(writes))
+    assert per_run[0] == per_run[1] and ("timeouts", "connect") in per_run[0]
+
+
 # ---- how a command's end is awaited (ssh/runner.py) -------------------------------------------
 
 

@@ -327,16 +327,19 @@ class FleetConnection(Connection):
 
     # Declared here because Fabric's Connection (an invoke DataProxy) turns an
     # assignment to an undeclared attribute into a key of the shared config.
+    # Fabric's own ``inline_ssh_env`` is one: undeclared, each Connection made
+    # wrote it into the shared config, which merged all its levels again,
+    # ~0.1 ms a host (README, Performance).
     key_problem = None
     label = None
+    inline_ssh_env = None
 
     def __init__(self, *args, connect_timeout=None, key_problem=None, label=None, **kwargs):
         super().__init__(*args, connect_timeout=connect_timeout, **kwargs)
-        self.connect_timeout = connect_timeout
-        self.key_problem = key_problem
-        self.label = label or self.host
+        # invoke's _set: a plain attribute, without the dir() that each `self.x = ...` costs a DataProxy
+        self._set(connect_timeout=connect_timeout, key_problem=key_problem, label=label or self.host)
         if key_problem is None:
-            self.connect_kwargs = with_loaded_key(self.connect_kwargs)
+            self._set(connect_kwargs=with_loaded_key(self.connect_kwargs))
 
     def open(self):
         """Connect (gateway first), or raise why not, named."""
@@ -501,9 +504,10 @@ def build_connection(entry, defaults, keys, config, config_hosts=(), _chain=(), 
     makes the host's connection a warm one; its gateways are the process's. A loop, or more than
     `MAX_GATEWAY_HOPS` hops, is a `UsageError` (the config's load refuses
     both already; this guards callers that build entries themselves).
+    `config` has had `apply_deadlines` (once, by the caller: reading invoke's
+    config is slow enough to matter per host).
     """
     timeout = float(defaults.connect_timeout)
-    apply_deadlines(config, timeout)
     chain = (*_chain, entry.name)
     gateway = None
     if entry.gateway:
@@ -556,6 +560,7 @@ def open_fleet(run):
         say_once(run.notify, INSECURE_NOTICE)
     keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
     config = fabric_config(run.base_config)
+    apply_deadlines(config, float(defaults.connect_timeout))
     warm = warm_connections(run, config) if run.persist_s > 0 else None
     connections = []
     for entry in run.entries:

@@ -34,7 +34,7 @@ import paramiko
 from fabric import Config
 
 from ..core.config import HostEntry
-from .connections import (HostKeyStore, build_connection, classify_failure, close_quietly, known_hosts_name,
+from .connections import (HostKeyStore, apply_deadlines, build_connection, classify_failure, close_quietly, known_hosts_name,
                           load_known_hosts)
 from .deadlines import deadline, step_seconds
 from .persist import (
@@ -149,7 +149,9 @@ class Pool:
         keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
         entry = HostEntry(**spec["entry"])
         hops = [HostEntry(**hop) for hop in spec["hops"]]
-        return build_connection(entry, defaults, keys, self.fabric_config(spec), hops)
+        config = self.fabric_config(spec)
+        apply_deadlines(config, float(defaults.connect_timeout))
+        return build_connection(entry, defaults, keys, config, hops)
 
     def fabric_config(self, spec):
         """One Fabric config per ssh_config and ``-i`` keys (it parses ~/.ssh/config once)."""
