@@ -62,14 +62,17 @@ def command_output(cxn, command):
     threads, a `Result`, the config looked up at every step), ~1 ms of
     client CPU a host, a fifth of what a host costs us (README, Performance).
     The exit status is not read, nor stderr: `command` sends its stderr
-    elsewhere, as unread bytes would hold the channel's window. The caller's
-    `deadlines.deadline` bounds it like any command (closing the transport
-    ends the read); over a warm connection the channel is the warm process's.
+    elsewhere, as unread bytes would hold the channel's window. Nothing is
+    written either, not even an end of stdin (as Fabric's runner without
+    ``in_stream``): over a warm connection the process may have ended the
+    command and closed its socket by then, and the write would fail. The
+    caller's `deadlines.deadline` bounds it like any command (closing the
+    transport ends the read); over a warm connection the channel is the warm
+    process's.
     """
     channel = cxn.create_session()
     try:
         channel.exec_command(command)
-        channel.shutdown_write()
         chunks = []
         while chunk := channel.recv(READ_BYTES):
             chunks.append(chunk)
