@@ -106,6 +106,16 @@ def test_status_reads_the_version_past_the_banner_and_sees_a_missing_key(testbed
     assert (hosts[host.name]["model"], hosts[host.name]["api_key"]) == ("claude-sonnet-4.6", False)
 
 
+def test_a_round_trip_shorter_than_a_tenth_of_a_millisecond_is_not_reported_as_zero():
+    """A keepalive through sshd on loopback took under 0.05 ms in a full test run: rounded to 0.1 ms it read as 0."""
+    from fabfile.host.facts import HostFacts
+    from fabfile.verbs.status import StatusDetails
+
+    facts = HostFacts(arch="amd64", machine="x86_64", version="0.4.2", load1=0.1, ncpu=4, env_present=True)
+    facts.latency_ms = 0.0437
+    assert StatusDetails(facts).to_dict()["latency_ms"] == 0.04
+
+
 def test_status_runs_one_command_per_host(testbed, status_hosts, fleet_config):
     host = status_hosts[2]
     before = len(testbed.command_log(host))

@@ -25,7 +25,8 @@ class StatusDetails:
             "load1": facts.load1,
             "ncpu": facts.ncpu,
             "env": facts.env_present,
-            "latency_ms": round(facts.latency_ms, 1) if facts.latency_ms is not None else None,
+            # to 10 us: a round trip on loopback or a fast LAN can take under 50 us, which read as 0
+            "latency_ms": round(facts.latency_ms, 2) if facts.latency_ms is not None else None,
             "model": worker.model if worker else None,
             "api_key": worker.api_key if worker else None,
             "restrict_to_workspace": worker.restrict_to_workspace if worker else None,
