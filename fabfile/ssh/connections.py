@@ -328,8 +328,8 @@ class FleetConnection(Connection):
     # Declared here because Fabric's Connection (an invoke DataProxy) turns an
     # assignment to an undeclared attribute into a key of the shared config.
     # Fabric's own ``inline_ssh_env`` is one: undeclared, each Connection made
-    # wrote it into the shared config, which merged all its levels again,
-    # ~0.1 ms a host (README, Performance).
+    # wrote it into the shared config, which merged all its levels again
+    # (README, Performance).
     key_problem = None
     label = None
     inline_ssh_env = None

@@ -34,8 +34,8 @@ import paramiko
 from fabric import Config
 
 from ..core.config import HostEntry
-from .connections import (HostKeyStore, apply_deadlines, build_connection, classify_failure, close_quietly, known_hosts_name,
-                          load_known_hosts)
+from .connections import (HostKeyStore, apply_deadlines, build_connection, classify_failure, close_quietly,
+                          known_hosts_name, load_known_hosts)
 from .deadlines import deadline, step_seconds
 from .persist import (
     ANSWER, EXIT, REQUEST, SOCKET_NAME, STDERR, STDIN, STDIN_EOF, STDOUT, STDOUT_EOF, read_frame, send_frame, send_json,

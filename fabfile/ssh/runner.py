@@ -59,8 +59,8 @@ def command_output(cxn, command):
 
     For the status probe, which every verb runs on every host and of which
     only stdout counts: Fabric's `run` starts invoke's runner for it (two I/O
-    threads, a `Result`, the config looked up at every step), ~1 ms of
-    client CPU a host, a fifth of what a host costs us (README, Performance).
+    threads, a `Result`, the config looked up at every step): 0.5-1.2 ms of
+    client CPU a host (README, Performance).
     The exit status is not read, nor stderr: `command` sends its stderr
     elsewhere, as unread bytes would hold the channel's window. Nothing is
     written either, not even an end of stdin (as Fabric's runner without
