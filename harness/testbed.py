@@ -354,7 +354,7 @@ class Testbed:
         server = self._loaded.get(host.user)
         if server is None:
             server = self.new_server(f"sshd-load-{host.user}", LoadedSshd, allow_users=host.user,
-                                     host_key=self._server.host_key)
+                                     host_key=self.host_key)
             self._loaded[host.user] = server
         return server
 

@@ -346,6 +346,14 @@ def test_the_fleet_s_key_file_is_read_once_per_process_not_once_per_host(testbed
     assert one > 0 and four == one
 
 
+def config_with_key(testbed, host, key, path):
+    """A fleet config at `path` for `host` alone, whose ssh_key is `key`."""
+    config = testbed.fleet_config([host])
+    config["hosts"][0]["ssh_key"] = str(key)
+    path.write_text(json.dumps(config))
+    return path
+
+
 def test_a_key_file_replaced_while_the_process_runs_is_read_again(testbed, fleet_config, tmp_path):
     """A long-lived process (the warm one) must offer the key the file holds now: the old key is
     no longer authorized on the host, the new one is, and the next connection gets in."""
@@ -358,11 +366,7 @@ def test_a_key_file_replaced_while_the_process_runs_is_read_again(testbed, fleet
     key = tmp_path / "id_fleet"
     shutil.copy(testbed.client_key, key)
     key.chmod(0o600)
-    config = testbed.fleet_config([host])
-    config["hosts"][0]["ssh_key"] = str(key)
-    path = tmp_path / "fleet-rotated.json"
-    path.write_text(json.dumps(config))
-    fleet = load_config(str(path))
+    fleet = load_config(str(config_with_key(testbed, host, key, tmp_path / "fleet-rotated.json")))
     assert negotiated_cipher(fleet)[2] == "hi\n"
     old = client_key(str(key))
 
@@ -378,16 +382,14 @@ def test_a_key_that_needs_a_passphrase_is_left_to_paramiko(testbed, tmp_path):
     import subprocess
 
     from fabfile.ssh.connections import client_key
+    from harness.sshd import public_key
 
     key = tmp_path / "id_locked"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(key)], check=True)
     assert client_key(str(key)) is None
     [host] = testbed.add_hosts(1, prefix="lck")
-    (host.home / ".ssh" / "authorized_keys").write_text(" ".join((tmp_path / "id_locked.pub").read_text().split()[:2]) + "\n")
-    config = testbed.fleet_config([host])
-    config["hosts"][0]["ssh_key"] = str(key)
-    path = tmp_path / "fleet-locked.json"
-    path.write_text(json.dumps(config))
+    (host.home / ".ssh" / "authorized_keys").write_text(public_key(key) + "\n")
+    path = config_with_key(testbed, host, key, tmp_path / "fleet-locked.json")
     env = guarded_env({**os.environ, "SSH_AUTH_SOCK": ""})
     result, _, reports = fab_json(["status", "--config", path], env)
     report = reports[host.name]

@@ -234,7 +234,8 @@ def with_loaded_key(connect_kwargs):
     client CPU a host for one Ed25519 key (README, Performance). It tries
     ``pkey`` first and the files after it, so the order of the keys offered is
     unchanged. A key that does not load here (encrypted, an unknown type) stays
-    a file, for paramiko to try and name as before. Returns a new dict.
+    a file, for paramiko to try and name as before. A new dict when a key was
+    loaded; otherwise `connect_kwargs` itself, untouched.
     """
     files = connect_kwargs.get("key_filename")
     if not files or "pkey" in connect_kwargs:

@@ -35,7 +35,7 @@ from fabric import Config
 
 from ..core.config import HostEntry
 from .connections import (HostKeyStore, apply_deadlines, build_connection, classify_failure, close_quietly,
-                          known_hosts_name, load_known_hosts)
+                          file_signature, known_hosts_name, load_known_hosts)
 from .deadlines import deadline, step_seconds
 from .persist import (
     ANSWER, EXIT, REQUEST, SOCKET_NAME, STDERR, STDIN, STDIN_EOF, STDOUT, STDOUT_EOF, read_frame, send_frame, send_json,
@@ -181,10 +181,8 @@ class Pool:
 
     def known_host_keys(self, path):
         """known_hosts as it is now, parsed again only when it changed."""
-        try:
-            info = os.stat(path)
-            signature = (info.st_mtime_ns, info.st_size, info.st_ino)
-        except OSError:
+        signature = file_signature(path)
+        if signature is None:
             return paramiko.HostKeys()
         with self.lock:
             cached = self.known_hosts.get(path)
