@@ -428,3 +428,92 @@ def test_the_first_run_s_connections_freeze_what_came_before_and_later_garbage_i
         assert later_node() is None
     finally:
         gc.unfreeze()
+
+
+# ---- what building and opening a connection costs the client (invoke's and paramiko's slow paths) ----
+
+
+def attribute_listings(fleet_config, hosts, monkeypatch):
+    """How many times one run over `hosts` called ``dir()``, building, opening and using its connections."""
+    import builtins
+
+    from fabfile.ssh.connections import open_fleet
+    from fabfile.ssh.runner import command_output
+
+    fleet = load_config(str(fleet_config(hosts=hosts)))
+    listed, real_dir = [], builtins.dir
+
+    def counting_dir(*args):
+        listed.append(args)
+        return real_dir(*args)
+
+    monkeypatch.setattr(builtins, "dir", counting_dir)
+    try:
+        cxns = open_fleet(RunContext(fleet, fleet.hosts))
+        try:
+            for cxn in cxns:
+                cxn.open()
+            assert [command_output(cxn, "echo in") for cxn in cxns] == ["in\n"] * len(hosts)
+        finally:
+            for cxn in cxns:
+                cxn.close()
+    finally:
+        monkeypatch.undo()
+    return len(listed)
+
+
+def test_a_run_builds_and_opens_its_connections_without_listing_attributes_per_host(sim_hosts, fleet_config,
+                                                                                     monkeypatch):
+    """invoke checks every assignment to a Connection against ``dir(self)`` (Fabric's ``__init__``
+    makes 13), and answers the two names it asks the root config for on every section read
+    (``_keypath``, ``_root``), which a root lacks, with an error listing ``dir()`` of its class:
+    17 ``dir()`` calls a connection, ~0.2 ms of client CPU. One host or four: as many calls."""
+    one = attribute_listings(fleet_config, sim_hosts[:1], monkeypatch)
+    four = attribute_listings(fleet_config, sim_hosts, monkeypatch)
+    assert one == four
+
+
+def test_the_run_s_config_and_connections_keep_invoke_s_meaning_of_an_assignment(sim_hosts, fleet_config):
+    """The shortcuts above change no outcome: a value set through a config section is a modification
+    that survives a merge and is copied by a clone (not shared with it); a name the Connection
+    declares is an attribute, any other name a config key, as invoke decides."""
+    from fabfile.ssh.connections import fabric_config, open_fleet
+
+    config = fabric_config()
+    config.connect_kwargs.banner_timeout = 7
+    config.merge()
+    clone = config.clone()
+    clone.connect_kwargs.banner_timeout = 9
+    assert (config.connect_kwargs.banner_timeout, clone.connect_kwargs.banner_timeout) == (7, 9)
+    del config.connect_kwargs.banner_timeout
+    config.merge()
+    assert "banner_timeout" not in config.connect_kwargs
+
+    fleet = load_config(str(fleet_config(hosts=sim_hosts[:1])))
+    [cxn] = open_fleet(RunContext(fleet, fleet.hosts))
+    cxn.label = "renamed"
+    cxn.fleet_note = "a config key"
+    assert cxn.label == "renamed" and "label" not in cxn.config
+    assert cxn.config.fleet_note == "a config key" and "fleet_note" not in vars(cxn)
+
+
+def test_the_host_s_login_debug_message_is_formatted_only_when_a_debug_log_shows_it(sim_hosts, fleet_config,
+                                                                                      monkeypatch, caplog):
+    """OpenSSH sends a debug message at every public-key login (``key options: ...``), which paramiko
+    escapes byte by byte in Python (``util.safe_string``); with paramiko's debug log off it is not
+    escaped at all, and with it on it is logged as before."""
+    import logging
+
+    from paramiko import util
+
+    escaped, real_escape = [], util.safe_string
+    monkeypatch.setattr(util, "safe_string", lambda text: escaped.append(text) or real_escape(text))
+    fleet = load_config(str(fleet_config(hosts=sim_hosts[:1])))
+    assert negotiated_cipher(fleet)[2] == "hi\n"
+    assert escaped == []
+
+    caplog.set_level(logging.DEBUG, logger="paramiko.transport")
+    assert negotiated_cipher(fleet)[2] == "hi\n"
+    assert any(b"key options" in text for text in escaped)
+    assert any("Debug msg: " in record.getMessage() and "key options" in record.getMessage()
+               for record in caplog.records)

@@ -200,6 +200,13 @@ def fabric_config(base=None):
     """One Fabric config per run: it parses ~/.ssh/config once, not once per host.
     Its commands run under `runner.FleetRemote`, which waits for their end without polling."""
     config = base if isinstance(base, Config) else Config()
+    # invoke asks the config for these two on every read of a section
+    # (``config.connect_kwargs``: twice per Connection built) and, a root having
+    # neither, composes an error listing all its keys and attributes before the
+    # caller falls back to ``()`` and the config itself (~30 us each). A root is
+    # its own root at the empty key path; where invoke reads them, that is what
+    # it assumed (`clone` copies neither).
+    config._set(_keypath=(), _root=config)
     config.runners.remote = FleetRemote
     return config
 
@@ -342,6 +349,19 @@ class FleetConnection(Connection):
         if key_problem is None:
             self._set(connect_kwargs=with_loaded_key(self.connect_kwargs))
 
+    def __setattr__(self, name, value):
+        """As invoke's, but a name the class declares is set without listing ``dir(self)`` first.
+
+        invoke checks each assignment against ``dir(self)`` (~8 us on a
+        Connection) to tell an attribute from a config key; Fabric's
+        ``__init__`` makes 13 assignments, all to names its class declares.
+        A name only the instance has still goes through invoke's check.
+        """
+        if hasattr(type(self), name):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def open(self):
         """Connect (gateway first), or raise why not, named."""
         if self.is_connected:
@@ -469,6 +489,16 @@ class FleetTransport(paramiko.Transport):
     """
 
     _preferred_ciphers = tuple(sorted(paramiko.Transport._preferred_ciphers, key=lambda name: "-gcm@" not in name))
+
+    def _parse_debug(self, m):
+        """paramiko's, but the message is formatted only when a DEBUG line would show it.
+
+        OpenSSH sends one on every public-key login (``key options: ...``),
+        and paramiko escapes it byte by byte in Python (``util.safe_string``,
+        ~20 us of client CPU a host) for a log line that is off unless asked for.
+        """
+        if self.logger.isEnabledFor(logging.DEBUG):
+            super()._parse_debug(m)
 
     def _parse_global_request(self, m):
         super()._parse_global_request(m)
