@@ -381,6 +381,33 @@ def test_known_hosts_with_garbage_lines_is_read_like_openssh(testbed, sim_hosts,
     assert hosts[sim_hosts[0].name]["status"] == "ok"
 
 
+def test_a_hashed_known_hosts_of_a_whole_fleet_is_honoured(testbed, sim_hosts, fleet_config, guarded_env, tmp_path):
+    """As ``HashKnownHosts yes`` writes it (Debian's default): the host's hashed line among 300 others and a
+    line paramiko cannot read lets strict in; the same name hashed with another key is a changed key."""
+    import base64
+    import os
+
+    from harness.sshd import keygen, public_key
+
+    name, key = testbed.host_key_line().split(" ", 1)
+    other = public_key(keygen(tmp_path / "other_host_key", "other"))
+    others = [f"{paramiko.HostKeys.hash_host(f'[127.0.0.1]:{3000 + n}')} {other}" for n in range(300)]
+    unreadable = "|1|" + base64.b64encode(b"short").decode() + "|" + base64.b64encode(os.urandom(20)).decode()
+    known = tmp_path / "known_hosts"
+    known.write_text("\n".join([*others[:150], f"{unreadable} {key}", f"{paramiko.HostKeys.hash_host(name)} {key}",
+                                *others[150:]]) + "\n")
+    path = fleet_config(hosts=sim_hosts[:2], known_hosts=str(known), host_key_policy="strict")
+    result, hosts = status_json(path, guarded_env)
+    assert result.returncode == 0, result.stderr
+    assert {hosts[h.name]["status"] for h in sim_hosts[:2]} == {"ok"}
+
+    known.write_text("\n".join([*others, f"{paramiko.HostKeys.hash_host(name)} {other}"]) + "\n")
+    result, hosts = status_json(path, guarded_env)
+    assert result.returncode == 1 and result.stderr == ""
+    assert hosts[sim_hosts[0].name]["status"] == "hostkey-rejected"
+    assert "CHANGED" in hosts[sim_hosts[0].name]["message"]
+
+
 # --- gateways: chains work, loops are refused ---------------------------------------------------------
 
 

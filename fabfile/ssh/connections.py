@@ -28,6 +28,7 @@ from ..core.errors import UsageError, one_line
 from ..core.report import HostReport
 from ..core.status import Status
 from .deadlines import session_open_seconds
+from .known_hosts import KnownHosts, known_hosts_name
 from .runner import FleetRemote
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
@@ -121,19 +122,19 @@ class HostKeyStore:
     def __init__(self, policy, known_hosts):
         self.policy = policy
         self.path = Path(known_hosts).expanduser()
-        self.keys = paramiko.HostKeys()
+        self.known = KnownHosts()
         if policy == "off":
             return
         problem = known_hosts_problem(self.path, must_write=policy == "accept-new")
         if problem is not None:
             raise UsageError(f"known_hosts {known_hosts}: {problem}")
         if self.path.is_file():
-            load_known_hosts(self.keys, self.path)
+            self.known = read_known_hosts(self.path)
 
     def apply(self, client, host, port):
         """Give `client` what we know of `host:port` and the missing-key policy."""
         name = known_hosts_name(host, port)
-        for keytype, key in (self.keys.lookup(name) or {}).items():
+        for keytype, key in (self.known.lookup(name) or {}).items():
             client.get_host_keys().add(name, keytype, key)
         client.set_missing_host_key_policy(self.missing_key_policy())
 
@@ -144,11 +145,6 @@ class HostKeyStore:
         if self.policy == "off":
             return TrustAllPolicy()
         return AcceptNewPolicy(self.path)
-
-
-def known_hosts_name(host, port):
-    """How known_hosts names `host` at `port`: the bare host on port 22, else ``[host]:port``."""
-    return host if port in (None, 22) else f"[{host}]:{port}"
 
 
 def known_hosts_problem(path, must_write):
@@ -174,26 +170,12 @@ def known_hosts_problem(path, must_write):
     return None
 
 
-def load_known_hosts(keys, path):
-    """Add the entries of the known_hosts file at `path` to `keys`, skipping lines that are not entries.
-
-    Paramiko's own `HostKeys.load` raises on a line with bad base64 and on
-    bytes that are not UTF-8; OpenSSH skips such lines, and so do we.
-    """
+def read_known_hosts(path):
+    """The known_hosts file at `path`, indexed (`KnownHosts`); one that cannot be read is a `UsageError`."""
     try:
-        data = path.read_bytes()
+        return KnownHosts.read(path)
     except OSError as exc:
         raise UsageError(f"known_hosts {path}: cannot be read: {exc.strerror or exc}") from None
-    for number, raw in enumerate(data.splitlines(), 1):
-        line = raw.decode("utf-8", "replace").strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
-        except Exception:  # noqa: BLE001 - a malformed line is skipped, whatever paramiko raises for it
-            continue
-        if entry is not None:
-            keys._entries.append(entry)
 
 
 def fabric_config(base=None):

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-import paramiko
 from fabric import Config
 
 from ..core.config import HostEntry
 from .connections import (HostKeyStore, apply_deadlines, build_connection, classify_failure, close_quietly,
-                          file_signature, known_hosts_name, load_known_hosts)
+                          fabric_config, file_signature)
 from .deadlines import deadline, step_seconds
+from .known_hosts import KnownHosts, known_hosts_name
 from .persist import (
     ANSWER, EXIT, REQUEST, SOCKET_NAME, STDERR, STDIN, STDIN_EOF, STDOUT, STDOUT_EOF, read_frame, send_frame, send_json,
 )
@@ -158,7 +158,7 @@ class Pool:
         key = (spec.get("ssh_config"), tuple(spec.get("key_filename") or ()))
         with self.lock:
             if key not in self.configs:
-                config = Config(runtime_ssh_path=key[0])
+                config = fabric_config(Config(runtime_ssh_path=key[0]))
                 if key[1]:
                     config.connect_kwargs.key_filename = list(key[1])
                 self.configs[key] = config
@@ -180,19 +180,18 @@ class Pool:
         return found is not None and found.asbytes() == server_key.asbytes()
 
     def known_host_keys(self, path):
-        """known_hosts as it is now, parsed again only when it changed."""
+        """known_hosts as it is now (`KnownHosts`), read again only when it changed."""
         signature = file_signature(path)
         if signature is None:
-            return paramiko.HostKeys()
+            return KnownHosts()
         with self.lock:
             cached = self.known_hosts.get(path)
             if cached is not None and cached[0] == signature:
                 return cached[1]
-        keys = paramiko.HostKeys()
         try:
-            load_known_hosts(keys, Path(path))
+            keys = KnownHosts.read(Path(path))
         except Exception:  # noqa: BLE001 - unreadable now: nothing is known, so nothing is reused
-            return paramiko.HostKeys()
+            return KnownHosts()
         with self.lock:
             self.known_hosts[path] = (signature, keys)
         return keys
