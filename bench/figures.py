@@ -157,7 +157,57 @@ def figure_status(bench):
     probe_ms, true_ms = remote_command_cpu_ms(PROBE_COMMAND, hosts[0]), remote_command_cpu_ms("true", hosts[0])
     rows[1].notes.append("isolates our own cost: the baseline runs the same probe through a bare ThreadingGroup. "
                          f"The probe costs {probe_ms:.0f} ms of CPU per host against {true_ms:.0f} ms for 'true'")
-    return rows
+    return rows + [known_hosts_row(bench, len(hosts))]
+
+
+def known_hosts_row(bench, count):
+    """Row 2c: the client CPU a host of finding its key in a fleet-sized, hashed known_hosts.
+
+    The simulated hosts all answer at one address and port, so one known_hosts
+    line serves them all and the rows above never show what a real fleet's file
+    costs: a line per host, hashed where ``HashKnownHosts yes`` is the default
+    (Debian, Ubuntu). Measured in this process, as each side reads the file and
+    looks up `count` different names: ours (`HostKeyStore`) against paramiko's
+    `HostKeys`, loaded once and asked per host, as a Fabric user who checks
+    host keys gets it (a bare ThreadingGroup checks none).
+    """
+    import time
+
+    import paramiko
+
+    from fabfile.ssh.connections import HostKeyStore
+
+    key = bench.fleet.testbed.host_key_line().split(" ", 1)[1]
+    ports = [20000 + n for n in range(count)]
+    path = bench.workdir / f"known_hosts-hashed-{count}"
+    path.write_text("".join(f"{paramiko.HostKeys.hash_host(f'[127.0.0.1]:{port}')} {key}\n" for port in ports))
+
+    def per_host_ms(lookup_all):
+        started = time.process_time()
+        found = lookup_all()
+        if found != count:
+            raise verbs.VerbFailed(f"known_hosts: {found} of {count} names found")
+        return Measured((time.process_time() - started) / count * 1000, "ms")
+
+    def ours():
+        store = HostKeyStore("strict", path)
+        clients = [paramiko.SSHClient() for _ in ports]
+        for client, port in zip(clients, ports):
+            store.apply(client, "127.0.0.1", port)
+        return sum(len(client.get_host_keys()) for client in clients)
+
+    def paramiko_host_keys():
+        keys = paramiko.HostKeys(str(path))
+        return sum(keys.lookup(f"[127.0.0.1]:{port}") is not None for port in ports)
+
+    s = interleaved(bench.options.reps, {"ours": lambda: per_host_ms(ours),
+                                          "paramiko": lambda: per_host_ms(paramiko_host_keys)})
+    row = Row("2c", f"known_hosts of {count} hashed lines: a host's lookup (client CPU)", s["ours"], s["paramiko"],
+              "paramiko HostKeys, loaded once", Goal("ratio", "<=", 0.2))
+    row.notes.append("the simulated hosts share one address, so one known_hosts line serves figures 1-8; a real "
+                     "fleet's file has a line per host, hashed under HashKnownHosts yes (Debian's default). Each "
+                     "side reads the file and looks up every name; process CPU, in this process")
+    return row
 
 
 # ---- 3. deploy ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE_FIGURES = [f"7{letter}/4" for letter in "abcdefghijk"]  # --quick: figure 7 at 4 hosts only
-FIGURES = ["1a", "1b", "1c", "1d", "1e", "2", "2b", "3a", "3b", "3c", "4a", "4b", "4c", "4d", "5a", "5b", "5c", "6",
+FIGURES = ["1a", "1b", "1c", "1d", "1e", "2", "2b", "2c", "3a", "3b", "3c", "4a", "4b", "4c", "4d", "5a", "5b", "5c", "6",
            *SIZE_FIGURES, "8a", "8b", "8c"]
 PSSH_FIGURES = {"1b", "3c", "4d"}
 #: Figure 7's row for each peer tool (7a and 7b are ours).
@@ -82,6 +82,7 @@ def test_counters_behind_the_figures(quick_run):
     assert rows["4b"]["ours"]["median"] == 4  # --quick's batch runs on 4 hosts: one connection each
     assert 0 < rows["6"]["ours"]["median"] < 1000 and rows["6"]["ours"]["unit"] == "MB"
     assert rows["5c"]["ours"]["unit"] == "ms"
+    assert rows["2c"]["ours"]["unit"] == rows["2c"]["baseline"]["unit"] == "ms"  # a host's known_hosts lookup
 
 
 def test_table_on_stdout_matches_results(quick_run):
