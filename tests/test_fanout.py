@@ -517,3 +517,32 @@ def test_the_host_s_login_debug_message_is_formatted_only_when_a_debug_log_shows
     assert any(b"key options" in text for text in escaped)
     assert any("Debug msg: " in record.getMessage() and "key options" in record.getMessage()
                for record in caplog.records)
+
+
+def test_a_connection_starts_one_thread_and_its_handshake_deadline_is_the_clock(sim_hosts, fleet_config, monkeypatch):
+    """paramiko started a timer thread per connection for its handshake deadline besides the transport's
+    own thread; the deadline is read off the clock in the reader's own check, so opening four connections
+    starts four threads, all transports. The deadline still ends a handshake, and only an unfinished one."""
+    from fabfile.ssh.connections import FleetTransport, HandshakeClockPacketizer, open_fleet
+
+    started, start = [], threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: started.append(type(thread)) or start(thread))
+    fleet = load_config(str(fleet_config(hosts=sim_hosts)))
+    cxns = open_fleet(RunContext(fleet, fleet.hosts))
+    try:
+        for cxn in cxns:
+            cxn.open()
+        monkeypatch.undo()
+        assert started == [FleetTransport] * len(sim_hosts)
+        assert all(type(cxn.client.get_transport().packetizer) is HandshakeClockPacketizer for cxn in cxns)
+    finally:
+        for cxn in cxns:
+            cxn.close()
+
+    late, on_time, finished = (HandshakeClockPacketizer(None) for _ in range(3))
+    late.start_handshake(0)
+    on_time.start_handshake(60)
+    finished.start_handshake(0)
+    finished.complete_handshake()
+    assert (late.handshake_timed_out(), on_time.handshake_timed_out(), finished.handshake_timed_out()) == (
+        True, False, False)
