@@ -479,7 +479,10 @@ class FleetTransport(paramiko.Transport):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # paramiko builds its Packetizer itself; this is the same object, with the handshake deadline below
-        self.packetizer.__class__ = HandshakeClockPacketizer
+        try:
+            self.packetizer.__class__ = HandshakeClockPacketizer
+        except TypeError:  # a paramiko whose Packetizer cannot take it keeps its own timer
+            pass
 
     def _parse_debug(self, m):
         """paramiko's, but the message is formatted only when a DEBUG line would show it.
