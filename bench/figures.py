@@ -175,7 +175,7 @@ def known_hosts_row(bench, count):
 
     import paramiko
 
-    from fabfile.ssh.connections import HostKeyStore
+    from fabfile.ssh.known_hosts import HostKeyStore
 
     key = bench.fleet.testbed.host_key_line().split(" ", 1)[1]
     ports = [20000 + n for n in range(count)]

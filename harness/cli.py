@@ -46,7 +46,8 @@ def fab_json(args, env, timeout=300):
 def connect(testbed, host, known_hosts: Path | None = None, connect_timeout: float = 10):
     """A Fabric Connection to a sim host, built by the product's own connection code."""
     from fabfile.core.config import Defaults, HostEntry
-    from fabfile.ssh.connections import HostKeyStore, apply_deadlines, build_connection, fabric_config
+    from fabfile.ssh.connections import apply_deadlines, build_connection, fabric_config
+    from fabfile.ssh.known_hosts import HostKeyStore
 
     defaults = Defaults(known_hosts=str(known_hosts or testbed.known_hosts), host_key_policy="accept-new",
                         connect_timeout=connect_timeout)

@@ -1,14 +1,14 @@
-"""SSH connections to fleet hosts: building them, host-key policy, deadlines, failure names.
+"""SSH connections to fleet hosts: building them, their deadlines, failure names.
 
 `build_connection` makes the Fabric `Connection` for one fleet entry (its
 port, key, gateway chain and ~/.ssh/config, with a deadline on every step of
 connecting); `classify_failure` turns whatever went wrong into a status a
 sysadmin can act on (`unreachable`, `auth-failed`, `hostkey-rejected`, ...).
-The fan-out over the fleet is `fanout.fan_out`.
+The fan-out over the fleet is `fanout.fan_out`; host keys and their policy
+are `known_hosts`.
 """
 
 import dataclasses
-import fcntl
 import gc
 import logging
 import math
@@ -18,20 +18,18 @@ import stat
 import threading
 import time
 from functools import partial
-from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
 
-from ..core.config import directory_problem, parse_target, path_exists
+from ..core.config import parse_target
 from ..core.errors import UsageError, one_line
 from ..core.report import HostReport
 from ..core.status import Status
 from .deadlines import session_open_seconds
-from .known_hosts import KnownHosts, known_hosts_name
+from .known_hosts import HostKeyRejected, HostKeyStore
 from .runner import FleetRemote
 
-_KNOWN_HOSTS_LOCK = threading.Lock()
 _CONFIG_LOCK = threading.Lock()
 
 #: A gateway chain longer than this is refused (config.MAX_GATEWAY_HOPS says the same at load).
@@ -53,129 +51,6 @@ def silence_paramiko():
 
 
 silence_paramiko()
-
-
-class HostKeyRejected(paramiko.SSHException):
-    """The host's key is unknown and the policy says not to trust it."""
-
-
-class StrictPolicy(paramiko.MissingHostKeyPolicy):
-    """``strict``: an unknown host key is refused, like ``StrictHostKeyChecking yes``."""
-
-    def missing_host_key(self, client, hostname, key):
-        raise HostKeyRejected(f"host key for {hostname} is not in known_hosts (host_key_policy is strict)")
-
-
-class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """``accept-new``: trust an unknown key once and record it, like OpenSSH's ``accept-new``.
-
-    Paramiko's AutoAddPolicy rewrites the whole file from one client's view,
-    which loses entries when many hosts are added at once; this appends one
-    line under a lock instead. A *changed* key never reaches this policy:
-    paramiko raises BadHostKeyException for it first.
-    """
-
-    def __init__(self, known_hosts):
-        self.known_hosts = known_hosts
-
-    def missing_host_key(self, client, hostname, key):
-        try:
-            append_known_host(self.known_hosts, hostname, key)
-        except OSError as exc:
-            raise HostKeyRejected(f"cannot record the host key of {hostname} in {self.known_hosts} "
-                                  f"({exc.strerror or exc}), and host_key_policy accept-new trusts only a recorded key") from None
-        client.get_host_keys().add(hostname, key.get_name(), key)
-
-
-class TrustAllPolicy(paramiko.MissingHostKeyPolicy):
-    """``off``: accept any key and record nothing (insecure; the task says so)."""
-
-    def missing_host_key(self, client, hostname, key):
-        client.get_host_keys().add(hostname, key.get_name(), key)
-
-
-def append_known_host(path, hostname, key):
-    """Append one known_hosts line, safe against other threads and processes.
-
-    Two fleet entries may share one address (aliases, or many users on one
-    box): the first records the key and the others find the line already
-    there, so the file never grows duplicates.
-    """
-    line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _KNOWN_HOSTS_LOCK, open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        if line not in handle.readlines():
-            handle.write(line)
-
-
-class HostKeyStore:
-    """The known_hosts file, parsed once per run and shared by every connection.
-
-    Checked before any host is contacted, since it applies to every host: a
-    known_hosts that is a directory or cannot be read is a `UsageError`, and
-    so, under ``accept-new`` (which records new keys), is one that cannot be
-    written. Lines that are not known_hosts lines are skipped, as OpenSSH does.
-    """
-
-    def __init__(self, policy, known_hosts):
-        self.policy = policy
-        self.path = Path(known_hosts).expanduser()
-        self.known = KnownHosts()
-        if policy == "off":
-            return
-        problem = known_hosts_problem(self.path, must_write=policy == "accept-new")
-        if problem is not None:
-            raise UsageError(f"known_hosts {known_hosts}: {problem}")
-        if self.path.is_file():
-            self.known = read_known_hosts(self.path)
-
-    def apply(self, client, host, port):
-        """Give `client` what we know of `host:port` and the missing-key policy."""
-        name = known_hosts_name(host, port)
-        for keytype, key in (self.known.lookup(name) or {}).items():
-            client.get_host_keys().add(name, keytype, key)
-        client.set_missing_host_key_policy(self.missing_key_policy())
-
-    def missing_key_policy(self):
-        """The paramiko policy object for this store's policy name."""
-        if self.policy == "strict":
-            return StrictPolicy()
-        if self.policy == "off":
-            return TrustAllPolicy()
-        return AcceptNewPolicy(self.path)
-
-
-def known_hosts_problem(path, must_write):
-    """Why `path` cannot serve as known_hosts (read, and written when `must_write`), or None."""
-    if not path_exists(path):
-        if not must_write:
-            return None
-        problem = directory_problem(path.parent)
-        return None if problem is None else f"cannot be created ({problem}), and host_key_policy accept-new records new host keys in it"
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        return f"cannot be read: {exc.strerror or exc}"
-    if stat.S_ISDIR(mode):
-        return "is a directory (defaults.known_hosts names a file)"
-    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):  # /dev/null is a known_hosts that knows nobody
-        return "is not a regular file"
-    if not os.access(path, os.R_OK):
-        return "cannot be read: permission denied"
-    if must_write and not os.access(path, os.W_OK):
-        return ("is read-only, and host_key_policy accept-new records new host keys in it "
-                "(make it writable, or use host_key_policy strict)")
-    return None
-
-
-def read_known_hosts(path):
-    """The known_hosts file at `path`, indexed (`KnownHosts`); one that cannot be read is a `UsageError`."""
-    try:
-        return KnownHosts.read(path)
-    except OSError as exc:
-        raise UsageError(f"known_hosts {path}: cannot be read: {exc.strerror or exc}") from None
 
 
 def fabric_config(base=None):

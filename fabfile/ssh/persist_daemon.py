@@ -33,10 +33,10 @@ from types import SimpleNamespace
 from fabric import Config
 
 from ..core.config import HostEntry
-from .connections import (HostKeyStore, apply_deadlines, build_connection, classify_failure, close_quietly,
+from .connections import (apply_deadlines, build_connection, classify_failure, close_quietly,
                           fabric_config, file_signature)
 from .deadlines import deadline, step_seconds
-from .known_hosts import KnownHosts, known_hosts_name
+from .known_hosts import HostKeyStore, KnownHosts, known_hosts_name
 from .persist import (
     ANSWER, EXIT, REQUEST, SOCKET_NAME, STDERR, STDIN, STDIN_EOF, STDOUT, STDOUT_EOF, read_frame, send_frame, send_json,
 )
