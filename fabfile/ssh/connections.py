@@ -201,10 +201,11 @@ class FleetConnection(Connection):
 
     def __init__(self, *args, connect_timeout=None, key_problem=None, label=None, **kwargs):
         super().__init__(*args, connect_timeout=connect_timeout, **kwargs)
-        # invoke's _set: a plain attribute, without the dir() that each `self.x = ...` costs a DataProxy
-        self._set(connect_timeout=connect_timeout, key_problem=key_problem, label=label or self.host)
+        self.connect_timeout = connect_timeout
+        self.key_problem = key_problem
+        self.label = label or self.host
         if key_problem is None:
-            self._set(connect_kwargs=with_loaded_key(self.connect_kwargs))
+            self.connect_kwargs = with_loaded_key(self.connect_kwargs)
 
     def __setattr__(self, name, value):
         """As invoke's, but a name the class declares is set without listing ``dir(self)`` first.
