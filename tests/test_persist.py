@@ -13,12 +13,16 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fabfile.ssh.persist import SOCKET_NAME
 from harness import faults
@@ -279,6 +283,148 @@ def test_a_lease_is_one_runs_alone(warm_hosts, fleet_config, warm_env, monkeypat
     assert three.transport.conn_id == first_id, "a given-back connection is leased again"
     three.close()
     two.close()
+
+
+def test_output_after_the_commands_exit_status_still_reaches_the_run(warm_hosts, fleet_config, warm_env, monkeypatch):
+    """sshd sends a command's exit status when its process exits, and what a child left behind still
+    prints comes after it, until the output's end (EOF). A direct run reads to that end; the warm
+    process ended the command at the exit status, and lost the rest."""
+    from fabfile.core.config import load_config
+    from fabfile.core.context import RunContext
+    from fabfile.ssh import persist
+    from fabfile.ssh.connections import open_fleet
+
+    config = fleet_config(warm_hosts[:1])
+    fleet = load_config(config)
+    monkeypatch.setenv("PICOCLAW_FLEET_RUNTIME_DIR", warm_env["PICOCLAW_FLEET_RUNTIME_DIR"])
+    command = "(sleep 0.5; echo late; echo late-err >&2) & echo early; exit 3"
+    results = {}
+    for persist_s in (None, 60):
+        [cxn] = open_fleet(RunContext(fleet, fleet.hosts, persist=persist_s))
+        try:
+            cxn.open()
+            assert isinstance(cxn.transport, persist.WarmTransport) == bool(persist_s)
+            result = cxn.run(command, hide=True, warn=True, in_stream=False)
+            results[persist_s] = (result.exited, result.stdout, result.stderr)
+        finally:
+            cxn.close()
+    assert results[None] == (3, "early\nlate\n", "late-err\n"), "a direct run reads to the output's end"
+    assert results[60] == results[None]
+
+
+class ScriptedChannel:
+    """A paramiko channel to which the command's SSH messages arrive whenever `stream` looks at it.
+
+    In the warm process paramiko's reader thread handles the host's messages
+    while `stream` drains the buffers, and may run between any two of its
+    steps. Here `arrivals[i]` is how many messages arrive just before its
+    i-th look at the channel (one a look once they run out), so each draw
+    is one interleaving of the two threads. Messages are ("out"|"err",
+    bytes), ("exit", code), ("eof",) and ("close",).
+    """
+
+    def __init__(self, messages, arrivals):
+        self.messages, self.arrivals = list(messages), list(arrivals)
+        self.out, self.err = bytearray(), bytearray()
+        self.eof, self.exit_code, self.ended, self.closed_by_stream = False, None, False, False
+        self.readable, self.writer = os.pipe()
+        os.write(self.writer, b"x")  # select() always finds it readable, as paramiko's after an EOF
+
+    def fileno(self):
+        return self.readable
+
+    def arrive(self):
+        for _ in range(self.arrivals.pop(0) if self.arrivals else 1):
+            if not self.messages:
+                return
+            kind, *value = self.messages.pop(0)
+            if kind in ("out", "err"):
+                getattr(self, kind).extend(value[0])
+            elif kind == "exit":
+                self.exit_code = value[0]
+            elif kind == "eof":
+                self.eof = True
+            else:
+                self.ended = True
+
+    @property
+    def eof_received(self):
+        self.arrive()
+        return self.eof
+
+    @property
+    def closed(self):
+        self.arrive()
+        return self.ended
+
+    def exit_status_ready(self):
+        self.arrive()
+        return self.exit_code is not None
+
+    def recv_exit_status(self):
+        return self.exit_code
+
+    def recv_ready(self):
+        self.arrive()
+        return bool(self.out)
+
+    def recv_stderr_ready(self):
+        self.arrive()
+        return bool(self.err)
+
+    def recv(self, nbytes):
+        return self.take(self.out, nbytes)
+
+    def recv_stderr(self, nbytes):
+        return self.take(self.err, nbytes)
+
+    @staticmethod
+    def take(buffer, nbytes):
+        data = bytes(buffer[:nbytes])
+        del buffer[:nbytes]
+        return data
+
+    def close(self):
+        self.closed_by_stream = True
+        os.close(self.readable)
+        os.close(self.writer)
+
+
+@st.composite
+def command_messages(draw):
+    """What sshd sends for one command: its output, the exit status anywhere before the EOF or just
+    after it (sshd sends it when the process exits; a child may print on), then the close."""
+    output = draw(st.lists(st.tuples(st.sampled_from(["out", "err"]), st.binary(min_size=1, max_size=6)),
+                           max_size=6))
+    code = draw(st.integers(0, 255))
+    messages = [*output, ("eof",)]
+    messages.insert(draw(st.integers(0, len(messages))), ("exit", code))
+    return [*messages, ("close",)], output, code
+
+
+@settings(max_examples=400, deadline=None)
+@given(script=command_messages(), arrivals=st.lists(st.integers(0, 4), max_size=40))
+def test_every_byte_the_command_printed_reaches_the_run_before_its_exit(script, arrivals):
+    """The CI run that failed: a warm `status` row once lost its probe's last lines, the .security.yml
+    section that says whether the worker has a key (`api_key` false). `stream` drained the buffers, then
+    read that the command had ended, and output that came in between was never sent."""
+    from fabfile.ssh.persist import EXIT, STDERR, STDOUT, STDOUT_EOF, read_frame
+    from fabfile.ssh.persist_daemon import stream
+
+    messages, output, code = script
+    channel = ScriptedChannel(messages, arrivals)
+    host = SimpleNamespace(client=SimpleNamespace(get_transport=lambda: SimpleNamespace(is_active=lambda: True)))
+    process_side, run_side = socket.socketpair()
+    with process_side, run_side:
+        stream(process_side, channel, host)
+        process_side.shutdown(socket.SHUT_WR)
+        frames = list(iter(lambda: read_frame(run_side), (None, b"")))
+    assert channel.closed_by_stream
+    sent = {kind: b"".join(payload for k, payload in frames if k == kind) for kind in (STDOUT, STDERR)}
+    assert sent[STDOUT] == b"".join(data for kind, data in output if kind == "out")
+    assert sent[STDERR] == b"".join(data for kind, data in output if kind == "err")
+    assert frames[-1] == (EXIT, json.dumps({"code": code}).encode()), "the exit comes last, after all output"
+    assert [k for k, _ in frames].count(STDOUT_EOF) == 1
 
 
 def test_the_probe_over_a_warm_connection_survives_a_command_that_ended_at_once(warm_hosts, fleet_config, warm_env,

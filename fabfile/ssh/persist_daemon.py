@@ -44,7 +44,7 @@ from .persist import (
 LOCK_NAME = "warm.lock"
 #: How often idle connections (and the process itself) are looked at.
 REAP_EVERY_S = 0.5
-#: After stdout's end, how often the exit status is looked for (it follows at once, in practice).
+#: After the output's end, how often the exit status is looked for (it has mostly come before).
 EXIT_POLL_S = 0.005
 #: How often a kept connection's reader thread wakes when nothing arrives (paramiko's own: 0.1 s).
 READ_TICK_S = 1.0
@@ -404,25 +404,38 @@ def start_command(cxn, request):
 
 
 def stream(sock, channel, cxn):
-    """Copy the command's output to the run, and the run's input to the command, until it exits."""
+    """Copy the command's output to the run, and the run's input to the command, until it has ended.
+
+    Ended means its output's end (EOF) and its exit status have both come,
+    or the channel closed: sshd sends the exit status when the command's
+    process exits, and what a child of it still prints follows, up to the
+    EOF. How far the command has got is read before each drain of the
+    buffers: paramiko's reader thread buffers a message's output before it
+    marks what comes after, so a drain after the reading holds everything
+    sent before it, where a drain before it could miss output that came
+    with the end (`tests/test_persist.py` tries every interleaving of the
+    two threads).
+    """
     transport = cxn.client.get_transport()
     eof_sent = False
     try:
         while True:
             watch = [sock] if eof_sent else [sock, channel]
             readable, _, _ = select.select(watch, [], [], EXIT_POLL_S if eof_sent else 1.0)
-            while channel.recv_stderr_ready():
-                send_frame(sock, STDERR, channel.recv_stderr(1 << 16))
-            while channel.recv_ready():
-                send_frame(sock, STDOUT, channel.recv(1 << 16))
-            if not eof_sent and channel.eof_received:
+            # the latest of sshd's messages first: a close read here means the EOF is read below
+            active = transport.is_active()
+            closed = channel.closed
+            exited = channel.exit_status_ready()
+            eof = channel.eof_received
+            forward_output(sock, channel)
+            if eof and not eof_sent:
                 send_frame(sock, STDOUT_EOF)
                 eof_sent = True
-            if channel.exit_status_ready():
+            if exited and (eof or closed):
                 send_json(sock, EXIT, {"code": channel.recv_exit_status()})
                 return
-            if channel.closed or not transport.is_active():
-                send_json(sock, EXIT, {"code": None, "lost": not transport.is_active()})
+            if closed or not active:
+                send_json(sock, EXIT, {"code": None, "lost": not active})
                 return
             if sock in readable:
                 kind, payload = read_frame(sock)
@@ -434,6 +447,14 @@ def stream(sock, channel, cxn):
                     channel.shutdown_write()
     finally:
         channel.close()
+
+
+def forward_output(sock, channel):
+    """Send the run what the command's stderr and stdout buffers hold now."""
+    while channel.recv_stderr_ready():
+        send_frame(sock, STDERR, channel.recv_stderr(1 << 16))
+    while channel.recv_ready():
+        send_frame(sock, STDOUT, channel.recv(1 << 16))
 
 
 def peer_uid(sock):
