@@ -260,6 +260,36 @@ def test_only_its_own_user_reaches_the_process(warm_hosts, fleet_config, open_pa
     assert ignored.returncode == 0 and ignored.stdout.strip() in ("b''", "reset"), ignored.stderr
 
 
+def test_the_process_reads_known_hosts_once_for_a_run_of_new_connections(testbed, warm_hosts, fleet_config, tmp_path,
+                                                                          monkeypatch):
+    """Each new warm connection's host keys come from the known_hosts the process keeps while the file
+    is unchanged: the first run over a fleet read and indexed the whole file once a host, which grows
+    with the square of the fleet. A changed file is read again, and what it says now is used."""
+    from fabfile.core.config import load_config
+    from fabfile.ssh import persist_daemon
+    from fabfile.ssh.connections import fabric_config
+    from fabfile.ssh.known_hosts import KnownHosts, known_hosts_name
+    from fabfile.ssh.persist import connection_spec
+
+    known = tmp_path / "known_hosts"
+    known.write_text(testbed.host_key_line() + "\n")
+    fleet = load_config(fleet_config(warm_hosts, host_key_policy="strict", known_hosts=str(known)))
+    reads = []
+    read = KnownHosts.read
+    monkeypatch.setattr(KnownHosts, "read", classmethod(lambda cls, path: reads.append(path) or read(path)))
+    pool = persist_daemon.Pool()
+    specs = [connection_spec(entry, fleet.defaults, fabric_config(), fleet.hosts) for entry in fleet.hosts]
+    name = known_hosts_name(warm_hosts[0].address, warm_hosts[0].port)
+
+    built = [pool.build(spec) for spec in specs]
+    assert len(reads) == 1, "one read for three new connections"
+    assert all(cxn.client.get_host_keys().lookup(name) for cxn in built)
+
+    known.write_text("")  # the host's line removed: the next connection must not know its key
+    assert pool.build(specs[0]).client.get_host_keys().lookup(name) is None
+    assert len(reads) == 2
+
+
 def test_a_lease_is_one_runs_alone(warm_hosts, fleet_config, warm_env, monkeypatch):
     config = fleet_config(warm_hosts[:1])
     assert status(config, warm_env, "--persist", "60")[0].returncode == 0

@@ -212,7 +212,9 @@ class HostKeyStore:
     written. Lines that are not known_hosts lines are skipped, as OpenSSH does.
     """
 
-    def __init__(self, policy, known_hosts):
+    def __init__(self, policy, known_hosts, read=KnownHosts.read):
+        """`read` reads the file (raising OSError when it cannot): the warm process passes one that
+        keeps the file read while it is unchanged, so each connection it makes does not read it again."""
         self.policy = policy
         self.path = Path(known_hosts).expanduser()
         self.known = KnownHosts()
@@ -222,7 +224,7 @@ class HostKeyStore:
         if problem is not None:
             raise UsageError(f"known_hosts {known_hosts}: {problem}")
         if self.path.is_file():
-            self.known = read_known_hosts(self.path)
+            self.known = read_known_hosts(self.path, read)
 
     def apply(self, client, host, port):
         """Give `client` what we know of `host:port` and the missing-key policy."""
@@ -263,9 +265,9 @@ def known_hosts_problem(path, must_write):
     return None
 
 
-def read_known_hosts(path):
-    """The known_hosts file at `path`, indexed (`KnownHosts`); one that cannot be read is a `UsageError`."""
+def read_known_hosts(path, read=KnownHosts.read):
+    """The known_hosts file at `path`, indexed (`KnownHosts`, by `read`); one that cannot be read is a `UsageError`."""
     try:
-        return KnownHosts.read(path)
+        return read(path)
     except OSError as exc:
         raise UsageError(f"known_hosts {path}: cannot be read: {exc.strerror or exc}") from None

@@ -146,7 +146,7 @@ class Pool:
     def build(self, spec):
         """The `FleetConnection` a run would build for `spec` (`connections.build_connection`)."""
         defaults = SimpleNamespace(**spec["defaults"])
-        keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts)
+        keys = HostKeyStore(defaults.host_key_policy, defaults.known_hosts, read=self.read_known_hosts)
         entry = HostEntry(**spec["entry"])
         hops = [HostEntry(**hop) for hop in spec["hops"]]
         config = self.fabric_config(spec)
@@ -180,20 +180,29 @@ class Pool:
         return found is not None and found.asbytes() == server_key.asbytes()
 
     def known_host_keys(self, path):
-        """known_hosts as it is now (`KnownHosts`), read again only when it changed."""
-        signature = file_signature(path)
-        if signature is None:
-            return KnownHosts()
-        with self.lock:
-            cached = self.known_hosts.get(path)
-            if cached is not None and cached[0] == signature:
-                return cached[1]
+        """known_hosts as it is now (`KnownHosts`); nothing is known when it cannot be read."""
         try:
-            keys = KnownHosts.read(Path(path))
+            return self.read_known_hosts(path)
         except Exception:  # noqa: BLE001 - unreadable now: nothing is known, so nothing is reused
             return KnownHosts()
+
+    def read_known_hosts(self, path):
+        """known_hosts as it is now (`KnownHosts`), read again only when it changed; OSError when it cannot be.
+
+        Both the check of a kept connection and the building of a new one
+        (`HostKeyStore`) read it here: a first run over many hosts reads it
+        once, not once a host.
+        """
+        path = str(path)
+        signature = file_signature(path)
         with self.lock:
-            self.known_hosts[path] = (signature, keys)
+            cached = self.known_hosts.get(path)
+            if signature is not None and cached is not None and cached[0] == signature:
+                return cached[1]
+        keys = KnownHosts.read(Path(path))
+        if signature is not None:
+            with self.lock:
+                self.known_hosts[path] = (signature, keys)
         return keys
 
     def reap(self):
