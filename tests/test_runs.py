@@ -386,3 +386,43 @@ def test_concurrent_threads_record_through_one_ledger(ledger_path, attempt):
         thread.join()
     assert len(made) == 16 and {run.id for run, _ in ledger.runs()} == set(made)
     assert all(counts == {"ok": 5} for _, counts in ledger.runs())
+
+
+def test_run_ids_drawn_in_one_process_never_repeat():
+    """16 bits of suffix: 5,000 runs started in the same second would share ids ~190 times over; one process
+    never hands out one twice (the threaded test above once failed so: two of its 16 threads drew the same id)."""
+    from fabfile.core.ledger import new_run_id
+
+    started = utc_now()
+    ids = [new_run_id(started) for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert all(RUN_ID.fullmatch(run_id) and run_id[:15] == ids[0][:15] for run_id in ids)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_a_run_whose_id_another_process_recorded_first(ledger_path, detach):
+    """Another process drew the same id in the same second and recorded first: that run is kept as it was; a
+    run that is not detached is recorded under a new id of the same second, and a detached one (its id names
+    its tasks on the hosts) is not recorded, with the warnings that say so."""
+    from fabfile.core.ledger import Run, RunIdTaken, TaskRow, iso
+    from fabfile.core.recording import Recorder
+
+    warnings = []
+    recorder = Recorder("batch", {"n": 2}, detach=detach, ledger=Ledger(ledger_path), warn=warnings.append)
+    first = Run(recorder.id, "batch", iso(utc_now()), iso(utc_now()), options={"n": 1})
+    Ledger(ledger_path).record(first, [TaskRow(0, "1", "ok", "the other run's task", {"id": 1})])
+    with pytest.raises(RunIdTaken):
+        Ledger(ledger_path).record(first, [])
+
+    taken = recorder.id
+    run = recorder.finish({"tasks": []}, [TaskRow(0, "1", "ok", "this run's task", {"id": 1})], 0)
+    kept = Ledger(ledger_path).load(taken)
+    assert kept[0].options == {"n": 1} and [row.text for row in kept[1]] == ["the other run's task"]
+    if detach:
+        assert not recorder.recorded and run.id == taken and recorder.fields()["run"] is None
+        assert f"another run has the id {taken}" in warnings[0] and "fab collect cannot find them" in warnings[1]
+    else:
+        assert recorder.recorded and run.id == recorder.id != taken and warnings == []
+        assert RUN_ID.fullmatch(run.id) and run.id[:15] == taken[:15]
+        again, rows = Ledger(ledger_path).load(run.id)
+        assert again.options == {"n": 2} and [row.text for row in rows] == ["this run's task"]

@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -113,6 +114,10 @@ class LedgerError(Exception):
     """The ledger could not be read or written; the message says which file and why, in one line."""
 
 
+class RunIdTaken(LedgerError):
+    """Another run already has this run's id (two processes started runs in one second and drew the same)."""
+
+
 def ledger_path(environ=None):
     """Where the ledger is: ``$PICOCLAW_FLEET_LEDGER``, else under ``$XDG_STATE_HOME``, else ``~/.local/state``.
 
@@ -142,9 +147,24 @@ def parse_iso(text):
     return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+#: The run ids this process has handed out (`new_run_id`), and the lock that orders the threads drawing them.
+_ISSUED, _ISSUED_LOCK = set(), threading.Lock()
+
+
 def new_run_id(started=None):
-    """A short id that sorts by start time: ``20260613-161935-a3f2`` (UTC, then 4 random hex digits)."""
-    return (started or utc_now()).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    """A short id that sorts by start time: ``20260613-161935-a3f2`` (UTC, then 4 random hex digits).
+
+    Never the same twice in one process: 16 bits of suffix give 16 runs
+    started in one second the same id about once in 500 draws. Another
+    process may still draw one of ours; `Ledger.record` refuses it
+    (`RunIdTaken`), and `recording.Recorder` draws again.
+    """
+    stamp = (started or utc_now()).strftime("%Y%m%d-%H%M%S")
+    with _ISSUED_LOCK:
+        while (run_id := f"{stamp}-{secrets.token_hex(2)}") in _ISSUED:
+            pass
+        _ISSUED.add(run_id)
+    return run_id
 
 
 def age_seconds(text):
@@ -308,8 +328,10 @@ class Ledger:
     # -- writing --
 
     def record(self, run, tasks=()):
-        """Add `run` (a `Run`) and its `TaskRow`s, in one transaction."""
+        """Add `run` (a `Run`) and its `TaskRow`s, in one transaction; `RunIdTaken` when its id is another run's."""
         with self._open() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone():  # under BEGIN IMMEDIATE's lock
+                raise RunIdTaken(f"ledger {self.path}: another run has the id {run.id}")
             db.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
                        column_values(run, RUN_COLUMNS, RUN_JSON))
             names = [name for name in TASK_COLUMNS if name != "run_id"]

@@ -13,12 +13,13 @@ task's own JSON object as the run printed it, its long fields (``stdout``,
 much was left out -- so `recorded_json` gives back what ``--json`` printed.
 """
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
 from .config import only_adhoc_targets
 from .detach import RUNNING
-from .ledger import Ledger, LedgerError, Run, TaskRow, iso, new_run_id, utc_now
+from .ledger import Ledger, LedgerError, Run, RunIdTaken, TaskRow, iso, new_run_id, utc_now
 from .outdir import check_outdir, write_outputs
 from .errors import UsageError
 from .status import CONNECTION_FAILURES, Status
@@ -165,7 +166,7 @@ class Recorder:
                   None if config is None else str(config), self.options, self.parent, self.detach, exit_code, report)
         if self.ledger is not None:
             try:
-                self.ledger.record(run, rows)
+                run = self.record(run, rows)
                 self.recorded = True
             except LedgerError as exc:
                 self.warn(f"the run was not recorded: {exc}")
@@ -178,6 +179,20 @@ class Recorder:
                                          items_of(data, self.verb)):
                 self.warn(problem)
         return run
+
+
+    def record(self, run, rows):
+        """Write `run` to the ledger; the `Run` written. A run whose id another process took first gets
+        a new one, unless it is detached: its id already names its tasks on the hosts (`RunIdTaken` then)."""
+        while True:
+            try:
+                self.ledger.record(run, rows)
+                return run
+            except RunIdTaken:
+                if self.detach:
+                    raise
+                self.id = new_run_id(self.started)
+                run = dataclasses.replace(run, id=self.id)
 
 
 def files_head(run_id, verb, rows):
